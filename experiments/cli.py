@@ -1,0 +1,75 @@
+"""The ``featbank`` command line.
+
+Each area owns one module with ``register(sub, groups)``: ``sub`` is the top-level
+subparser set, ``groups`` maps a command group (``store``, ``bank``, ``data``) to its
+subparser set. A registered parser sets ``func(args) -> int`` (the exit code).
+Command modules keep heavy imports (torch, zarr, faiss) inside their functions so that
+``featbank --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# Command groups: name -> help line.
+GROUPS = {
+    "store": "inspect, validate, import/export, compact and explain feature stores",
+    "bank": "build, query and evaluate nearest-neighbour memory banks over a feature set",
+    "data": "generate benchmark data sets",
+}
+
+# Modules that register commands (a literal tuple, GUIDE rule 3).
+CLI_MODULES: tuple[str, ...] = (
+    "featbank.experiments.cli_store",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="featbank",
+        description="featbank: run video backbones once into a Zarr feature store, then train "
+        "heads, query memory banks and run published recipes on the cached features.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {}
+    for name, help_line in GROUPS.items():
+        gp = sub.add_parser(name, help=help_line, description=help_line)
+        groups[name] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    for module in CLI_MODULES:
+        importlib.import_module(module).register(sub, groups)
+    return parser
+
+
+def _version() -> str:
+    from featbank import __version__
+
+    return f"featbank {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-facing errors: one clear line, no traceback
+        from featbank.experiments.errors import is_user_error
+
+        if is_user_error(e) and not getattr(args, "traceback", False):
+            print(f"featbank {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

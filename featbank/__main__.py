@@ -1,0 +1,3 @@
+from featbank.experiments.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""featbank.heads."""
