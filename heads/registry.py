@@ -1,0 +1,23 @@
+"""Registry of heads (GUIDE rule 3: a literal dict).
+
+Every entry is built as ``HEADS[name](in_features=D, num_classes=C)``, takes a feature
+tensor of rank ``cls.feats_ndim`` (``(B, D)`` or ``(B, T, D)``) in ``forward`` and returns a
+NamedTuple whose first field is ``(B, C)`` logits; ``loss(out, targets)`` returns a dict of
+scalar tensors. ``tests/test_heads_registry.py`` sweeps every entry.
+"""
+
+from __future__ import annotations
+
+from .cycda import CycdaImageHead, CycdaVideoHead
+
+HEADS = {
+    "cycda-image": CycdaImageHead,
+    "cycda-video": CycdaVideoHead,
+}
+
+
+def create_head(name: str, **kwargs):
+    """Build a registered head by name (``KeyError`` listing the names otherwise)."""
+    if name not in HEADS:
+        raise KeyError(f"unknown head {name!r}; registered heads: {sorted(HEADS)}")
+    return HEADS[name](**kwargs)
