@@ -15,3 +15,5 @@ from .errors import (
     VideoConflictError,
 )
 from .schema import SCHEMA_VERSION, BackboneSpec, FeatureSetInfo, VideoMeta, VideoRows
+from .base import FAILURE_KEYS, META_COLUMNS
+from .memory import MemoryStore
