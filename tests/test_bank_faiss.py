@@ -1,0 +1,213 @@
+"""FaissBank: oracle tests against torch.topk, tuned recall, round trips, staleness, compaction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from featbank.heads.metrics import exact_search, neighbour_recall
+from featbank.store import FeatureSetInfo, MemoryStore, VideoMeta, VideoRows
+from featbank.store.bank import (
+    BankError,
+    FaissBank,
+    StaleBankError,
+    choose_index,
+    default_bank_dir,
+    select_videos,
+)
+
+SET = "toy/feats"
+
+
+def clustered(n: int, dim: int, n_clusters: int, seed: int = 0, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    labels = rng.integers(0, n_clusters, n)
+    x = centers[labels] + spread * rng.normal(size=(n, dim)).astype(np.float32)
+    return x.astype(np.float32), labels
+
+
+def fill_store(store, n_videos: int = 30, dim: int = 16, seed: int = 0, name: str = SET):
+    """A set of ``n_videos`` videos (2..5 rows each), labels = video index % 3, splits train/test."""
+    rng = np.random.default_rng(seed)
+    info = FeatureSetInfo(name=name, row_shape=(dim,), dtype="float32", backbone="bb", weights_id="w1")
+    fs = store.create_set(info)
+    store.set_backbone_weights("bb", "w1")
+    for v in range(n_videos):
+        n = 2 + v % 4
+        feats = rng.normal(size=(n, dim)).astype(np.float32)
+        t = np.arange(n, dtype=np.float64)
+        meta = VideoMeta(video_id=f"vid{v:03d}", labels=(v % 3,), split="test" if v % 5 == 0 else "train",
+                         domain="a" if v % 2 else "b")
+        fs.write_video(VideoRows(feats, t, t + 1), meta)
+    return fs
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_flat_equals_torch_topk(metric):
+    x, _ = clustered(800, 24, 8)
+    q = torch.from_numpy(clustered(50, 24, 8, seed=1)[0])
+    bank = FaissBank.from_arrays(x, index="Flat", metric=metric)
+    d, i = bank.search(q, 10)
+    assert isinstance(d, torch.Tensor) and d.shape == (50, 10)
+    ed, ei = exact_search(x, q, 10, metric=metric)
+    assert torch.equal(i, ei)
+    torch.testing.assert_close(d, ed, rtol=1e-4, atol=1e-4)
+    assert bank.info.recall_at_10 == 1.0
+    dn, iN = bank.search(q.numpy(), 10)  # arrays in, arrays out
+    assert isinstance(iN, np.ndarray) and np.array_equal(iN, ei.numpy())
+
+
+@pytest.mark.parametrize("factory", ["IVF64,Flat", "IVF64,SQ8", "HNSW16"])
+def test_tuned_index_reaches_recall_target(factory):
+    x, _ = clustered(12_000, 32, 40, spread=0.5)
+    bank = FaissBank.from_arrays(x, index=factory, recall_target=0.95, tune_queries=300)
+    info = bank.info
+    assert info.recall_at_10 >= 0.95
+    if factory.startswith("IVF"):
+        assert 1 <= info.nprobe <= 64 and info.train_size == min(12_000, 40 * 64)
+    else:
+        assert info.ef_search >= 16
+    # fresh held-out queries: recall against exact search reaches the target too
+    q = clustered(400, 32, 40, seed=0, spread=0.5)[0] + 0.05 * np.random.default_rng(7).normal(size=(400, 32)).astype(np.float32)
+    _, i = bank.search(q, 10)
+    _, ei = exact_search(x, q, 10, metric="cosine")
+    assert neighbour_recall(i, ei, 10) >= 0.93
+
+
+def test_auto_choice():
+    assert choose_index(1000, 512) == "Flat"
+    assert choose_index(200_000, 512, memory_budget=1 << 40) == "IVF1024,Flat"
+    assert choose_index(200_000, 512, memory_budget=300 << 20) == "IVF1024,SQfp16"
+    assert choose_index(200_000, 512, memory_budget=150 << 20) == "IVF1024,SQ8"
+    with pytest.raises(BankError, match="PQ"):
+        choose_index(200_000, 512, memory_budget=10 << 20)
+    x, _ = clustered(3000, 8, 5)
+    assert FaissBank.from_arrays(x, flat_max=1000, tune_queries=100).info.index.startswith("IVF")
+
+
+def test_save_load_and_incremental_add(tmp_path):
+    x, y = clustered(4000, 16, 10)
+    ids = [(f"v{i // 4}", i % 4) for i in range(len(x))]
+    bank = FaissBank.from_arrays(x[:3000], ids=ids[:3000], labels=y[:3000], index="IVF32,Flat", tune_queries=200)
+    bank.save(tmp_path / "b")
+    loaded = FaissBank.load(tmp_path / "b")
+    assert loaded.info == bank.info and loaded.ntotal == 3000
+    q = x[:20]
+    for a, b in zip(bank.search(q, 5), loaded.search(q, 5)):
+        np.testing.assert_array_equal(a, b)
+    new = loaded.add(ids[3000:], x[3000:], y[3000:])
+    assert new.tolist() == list(range(3000, 4000)) and loaded.ntotal == 4000
+    d, i = loaded.search(x[3500:3510], 1)
+    assert i[:, 0].tolist() == list(range(3500, 3510))  # a vector finds itself
+    nb = loaded.neighbours(d, i)
+    assert nb[0][0].video == ids[3500][0] and nb[0][0].row == ids[3500][1] and nb[0][0].label == y[3500]
+    with pytest.raises(BankError, match="already in the bank"):
+        loaded.add(ids[:1], x[:1])
+    with pytest.raises(BankError, match="dim"):
+        loaded.add([("new", 0)], np.zeros((1, 5), np.float32))
+    loaded.save(tmp_path / "b")
+    again = FaissBank.load(tmp_path / "b")
+    assert again.ntotal == 4000 and again.id_of(*ids[3999]) == 3999
+    with pytest.raises(BankError, match="not a saved bank"):
+        FaissBank.load(tmp_path / "nowhere")
+
+
+def test_build_from_store_filters_levels_and_queries():
+    store = MemoryStore()
+    fs = fill_store(store)
+    bank = FaissBank.build(store, SET, level="row", split="train")
+    train = select_videos(fs, split="train")
+    assert set(bank.video_ids.tolist()) == set(train)
+    assert bank.ntotal == sum(fs.n_rows(v) for v in train)
+    assert bank.info.backbone == "bb" and bank.info.weights_id == "w1" and bank.info.filters == {"split": ["train"]}
+    # search_row: the row finds itself first
+    d, i = bank.search_row("vid001", 1, 3)
+    assert bank.video_ids[i[0, 0]] == "vid001" and bank.rows[i[0, 0]] == 1
+    assert bank.labels[i[0, 0]] == 1
+    # search_video on a row bank: one query per row; exclude_self drops the video's own rows
+    d, i = bank.search_video("vid002", 4, exclude_self=True)
+    assert i.shape == (fs.n_rows("vid002"), 4) and "vid002" not in bank.video_ids[i.ravel()]
+    # a test video (not in the bank) can still be used as a query through the store
+    d, i = bank.search_video("vid005", 2)
+    assert i.shape == (fs.n_rows("vid005"), 2)
+    vbank = FaissBank.build(store, SET, level="video", domain="a", labels=[0, 1])
+    assert all(r == -1 for r in vbank.rows)
+    assert set(vbank.labels.tolist()) <= {0, 1}
+    d, i = vbank.search_video("vid001", 1)
+    assert vbank.video_ids[i[0, 0]] == "vid001"
+    mean = fs.read("vid001").feats.mean(0)
+    np.testing.assert_allclose(vbank.vectors_of("vid001")[0], mean, rtol=1e-6)
+    with pytest.raises(BankError, match="row-level"):
+        vbank.search_row("vid001", 0, 1)
+    with pytest.raises(BankError, match="no video has split"):
+        FaissBank.build(store, SET, split="validation")
+
+
+def test_add_new_videos_without_rebuild():
+    store = MemoryStore()
+    fs = fill_store(store, n_videos=20)
+    bank = FaissBank.build(store, SET, level="video")
+    rng = np.random.default_rng(3)
+    feats = rng.normal(size=(3, 16)).astype(np.float32)
+    fs.write_video(VideoRows(feats, np.arange(3.0), np.arange(3.0) + 1), VideoMeta("late", labels=(2,), split="train"))
+    assert bank.add_new_videos() == ["late"]
+    assert bank.add_new_videos() == []
+    d, i = bank.search(feats.mean(0), 1)
+    assert bank.video_ids[i[0, 0]] == "late" and bank.labels[i[0, 0]] == 2
+
+
+def test_stale_bank_refuses_until_rebuilt(tmp_path):
+    store = MemoryStore()
+    fill_store(store)
+    bank = FaissBank.build(store, SET)
+    bank.save(tmp_path / "b")
+    q = np.ones((1, 16), np.float32)
+    bank.search(q, 2)
+    assert store.set_backbone_weights("bb", "w2") == [SET]
+    with pytest.raises(StaleBankError, match="rebuild"):
+        bank.search(q, 2)
+    with pytest.raises(StaleBankError):
+        bank.search_video("vid001", 2)
+    assert bank.search(q, 2, allow_stale=True)[1].shape == (1, 2)
+    loaded = FaissBank.load(tmp_path / "b", store=store)
+    with pytest.raises(StaleBankError):
+        loaded.search(q, 2)
+    assert FaissBank.load(tmp_path / "b", store=store, allow_stale=True).search(q, 2)[1].shape == (1, 2)
+    # re-extracted set (new weights) + rebuilt bank answers again
+    store.delete_set(SET)
+    fs = store.create_set(FeatureSetInfo(name=SET, row_shape=(16,), dtype="float32", backbone="bb", weights_id="w2"))
+    fs.write_video(VideoRows(np.ones((2, 16), np.float32), [0, 1], [1, 2]), VideoMeta("v", labels=(0,)))
+    with pytest.raises(StaleBankError):  # the old bank still refers to w1 vectors
+        loaded.search(q, 1)
+    assert FaissBank.build(store, SET).search(q, 1)[1][0, 0] == 0
+
+
+def test_default_bank_dir_is_outside_the_store(tmp_path):
+    d = default_bank_dir(tmp_path / "feats.zarr", "i3d/Mixed_5c", "default")
+    assert d == tmp_path / "feats.zarr.banks" / "i3d%2FMixed_5c" / "default"
+    with pytest.raises(BankError):
+        default_bank_dir(tmp_path / "s", "x", "../evil")
+
+
+def test_zarr_mapping_survives_compaction(tmp_path):
+    open_store = pytest.importorskip("featbank.store").__dict__.get("open_store")
+    if open_store is None:
+        pytest.skip("Zarr backend (featbank.store.open_store) not available yet")
+    store = open_store(tmp_path / "feats.zarr", mode="w")
+    fs = fill_store(store, n_videos=25)
+    bank = FaissBank.build(store, SET, level="row", index="Flat")
+    bank.save(default_bank_dir(store.path, SET))
+    expected = {(v, r): bank.search_row(v, r, 3) for v in ("vid003", "vid017") for r in range(2)}
+    store.compact()
+    store.close()
+    store = open_store(tmp_path / "feats.zarr", mode="r+")
+    assert "banks" not in {p.name for p in (tmp_path / "feats.zarr").iterdir()}
+    reopened = FaissBank.open(store, SET)
+    for (v, r), (d, i) in expected.items():
+        d2, i2 = reopened.search_row(v, r, 3)
+        np.testing.assert_array_equal(i, i2)
+        first = reopened.neighbours(d2, i2)[0][0]
+        assert (first.video, first.row) == (v, r)
+        np.testing.assert_allclose(reopened.vectors_of(v, r)[0], store.open_set(SET).read(v).feats[r], rtol=1e-6)
