@@ -24,6 +24,7 @@ GROUPS = {
 # Modules that register commands (a literal tuple, GUIDE rule 3).
 CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli_store",
+    "featbank.experiments.cli_extract",
 )
 
 

@@ -1,0 +1,153 @@
+"""``featbank extract`` and ``featbank store verify``.
+
+``featbank extract [CONFIG.yaml] [key=value ...] [--flags]``: the config file (defaults when
+omitted), then ``key=value`` overrides, then flags, each layer over the previous one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+# flag dest -> ExtractConfig key
+_FLAG_KEYS = {
+    "manifest": "manifest",
+    "manifest_format": "manifest_format",
+    "root": "root",
+    "store": "store",
+    "set": "feature_set",
+    "backbone": "backbone",
+    "weights": "weights",
+    "endpoint": "endpoint",
+    "clip_len": "clip_len",
+    "stride": "stride",
+    "frame_stride": "frame_stride",
+    "fps": "fps",
+    "sampler": "sampler",
+    "views": "views",
+    "device": "device",
+    "precision": "precision",
+    "dtype": "dtype",
+    "workers": "workers",
+    "batch_size": "batch_size",
+    "shard": "shard",
+    "timeout": "timeout",
+    "limit": "limit",
+    "verify": "verify",
+    "split": "split",
+    "domain": "domain",
+}
+
+
+def _fps(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def register(sub, groups) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="run a backbone over a manifest of videos into a feature store",
+        description="Extract features of every video in a manifest into one feature set of a store "
+        "(resumable; failures are logged in the store; exit code 2 when any video failed).",
+    )
+    p.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value",
+                   help="an extraction config (configs/extract/*.yaml) and key=value overrides")
+    p.add_argument("--manifest", help="manifest file or CLASS/VIDEO directory tree")
+    p.add_argument("--manifest-format", choices=("auto", "path_label", "csv", "mmaction", "tree"))
+    p.add_argument("--root", help="folder the manifest paths are relative to")
+    p.add_argument("--store", help="feature store path (created when missing)")
+    p.add_argument("--set", help="feature-set name (default BACKBONE/ENDPOINT/cLsS)")
+    p.add_argument("--backbone", help="backbone registry name, e.g. i3d-rgb-k400, x3d-m, resnet50")
+    p.add_argument("--weights", help="'default', 'random' or a weights file")
+    p.add_argument("--endpoint", help="backbone endpoint (default: the last one)")
+    p.add_argument("--clip-len", type=int, help="frames per window")
+    p.add_argument("--stride", type=int, help="frames between window starts")
+    p.add_argument("--frame-stride", type=int, help="frames between sampled frames in a window")
+    p.add_argument("--fps", type=_fps, help="target fps: a number, 'spec' or 'source'")
+    p.add_argument("--sampler", choices=("sliding", "tsn", "dense", "whole"))
+    p.add_argument("--views", choices=("center", "3crop", "flip", "3crop+flip"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), help="stored dtype")
+    p.add_argument("--workers", type=int, help="decoding DataLoader workers")
+    p.add_argument("--batch-size", type=int, help="windows per model call")
+    p.add_argument("--shard", help="I/N: this task's shard (default from SLURM_ARRAY_TASK_ID/COUNT)")
+    p.add_argument("--timeout", type=float, help="per-video decode timeout in seconds (0: off)")
+    p.add_argument("--limit", type=int, help="only the first N manifest entries")
+    p.add_argument("--verify", type=int, help="after the run, re-extract N random videos and compare")
+    p.add_argument("--split", help="split name written into the video metadata")
+    p.add_argument("--domain", help="domain name written into the video metadata")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--traceback", action="store_true", help="show tracebacks of user errors")
+    p.set_defaults(func=cmd_extract)
+
+    v = groups["store"].add_parser(
+        "verify",
+        help="re-extract N random committed videos and compare with the stored rows",
+        description="Re-extract N random committed videos of a feature set with the config recorded "
+        "in its provenance and report the max abs difference (exit 1 above the dtype's tolerance).",
+    )
+    v.add_argument("store", help="feature store path")
+    v.add_argument("--set", required=True, help="feature-set name")
+    v.add_argument("-n", type=int, default=3, help="videos to re-extract (default 3)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the recorded config, e.g. device=cpu workers=0")
+    v.add_argument("--traceback", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+
+def resolve_config(args: argparse.Namespace) -> Any:
+    """The ``ExtractConfig`` of a parsed ``featbank extract`` command line."""
+    from featbank.experiments.config import ConfigError, from_dict, load_config, to_dict
+    from featbank.extract.job import ExtractConfig
+
+    files = [i for i in args.items if "=" not in i]
+    overrides = [i for i in args.items if "=" in i]
+    if len(files) > 1:
+        raise ConfigError(f"expected at most one config file, got {files}")
+    cfg = load_config(ExtractConfig, files[0] if files else None, overrides)
+    flags = {key: getattr(args, dest) for dest, key in _FLAG_KEYS.items() if getattr(args, dest) is not None}
+    if flags:
+        try:
+            cfg = from_dict(ExtractConfig, {**to_dict(cfg), **flags})
+        except ConfigError as e:
+            raise ConfigError(f"command-line flags: {e}") from None
+    return cfg
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import yaml
+
+    from featbank.experiments.config import ConfigError, to_dict
+    from featbank.extract.job import run_extraction
+
+    cfg = resolve_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    if not cfg.store:
+        raise ConfigError("no store given: set store in the config or pass --store")
+    summary = run_extraction(cfg, progress=not args.no_progress)
+    print(summary.format())
+    return summary.exit_code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from featbank.experiments.config import from_dict
+    from featbank.extract.job import ExtractConfig, verify_extraction
+    from featbank.store import open_store
+
+    with open_store(args.store, "r") as store:
+        fs = store.open_set(args.set, allow_stale=True)
+        recorded = dict(fs.info.sampling.get("config", {}))
+        cfg = from_dict(ExtractConfig, recorded, args.overrides) if recorded else None
+        report = verify_extraction(store, args.set, args.n, seed=args.seed, cfg=cfg)
+    print(report.format())
+    sys.stdout.flush()
+    return 0 if report.ok else 1

@@ -1,0 +1,264 @@
+"""Decoding side of the batch job: manifest entries -> preprocessed windows, in DataLoader workers.
+
+``WindowStream`` is an ``IterableDataset`` over the videos of one shard. Each DataLoader
+worker takes every ``num_workers``-th video and, per video, yields
+
+* ``ClipChunk`` items: up to ``chunk_frames`` newly decoded frames' worth of windows,
+  ``clips`` ``(n, V, C, L, h, w)`` float32 (decoding window by window keeps memory bounded
+  for a video of any length), then
+* one ``VideoEnd`` with the video's metadata and row layout, or
+* one ``VideoFailed`` when decoding or preprocessing raised (errors are values, so the
+  loader keeps going).
+
+Frames are decoded by source index, each source frame once (a small cache of
+preprocessed frames carries the overlap of consecutive windows), through ``SafeDecoder``
+(a decoder worker process with a per-video timeout) or directly when the timeout is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from featbank.store.schema import BackboneSpec, VideoMeta
+
+from .features import RowLayout, Sampling, frame_period, row_layout, window_positions
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One video to extract: its key (position in the shard), id, path and metadata fields."""
+
+    key: int
+    video_id: str
+    path: str
+    labels: tuple[int, ...] = ()
+    offset: int = 0
+    n_frames: int = -1
+    split: str = ""
+    domain: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ClipChunk:
+    """Windows ``[first, first + n)`` of video ``key``: ``clips`` ``(n, V, C, L, h, w)``."""
+
+    key: int
+    first: int
+    clips: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class VideoEnd:
+    """All windows of video ``key`` have been sent (``n_windows`` of them)."""
+
+    key: int
+    meta: VideoMeta
+    n_windows: int
+    n_frames_decoded: int
+    layout: RowLayout
+
+
+@dataclass(frozen=True)
+class VideoFailed:
+    """Video ``key`` could not be read; ``kind`` is a ``DECODE_KINDS`` entry or an exception name."""
+
+    key: int
+    video_id: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What the workers need besides the tasks (picklable)."""
+
+    spec: BackboneSpec
+    sampling: Sampling
+    rows_per_window: int
+    modality: str = "rgb"
+    decoder: str = "auto"
+    timeout_s: float = 120.0
+    chunk_frames: int = 256
+
+
+def _failure(task: VideoTask, exc: BaseException) -> VideoFailed:
+    from .errors import DecodeError
+
+    if isinstance(exc, DecodeError):
+        return VideoFailed(task.key, task.video_id, exc.kind, str(exc))
+    return VideoFailed(task.key, task.video_id, type(exc).__name__, f"{task.path}: {exc}")
+
+
+def chunk_windows(positions: np.ndarray, src_idx: np.ndarray, chunk_frames: int) -> list[tuple[int, int]]:
+    """Split windows into consecutive groups decoding at most ``chunk_frames`` new frames each.
+
+    A group always holds at least one window (a single window longer than the budget is
+    its own group).
+
+    Args:
+        positions: ``(W, L)`` window positions into the resampled sequence.
+        src_idx: ``(K,)`` source-frame index of each resampled position.
+        chunk_frames: budget of newly decoded source frames per group.
+
+    Returns:
+        ``[(a, b), ...]`` window ranges covering ``range(W)``.
+    """
+    groups: list[tuple[int, int]] = []
+    a, seen, new = 0, -1, 0
+    for w in range(len(positions)):
+        src = np.unique(src_idx[positions[w]])
+        fresh = int((src > seen).sum())
+        if w > a and new + fresh > chunk_frames:
+            groups.append((a, w))
+            a, new = w, 0
+        new += fresh
+        seen = max(seen, int(src.max()))
+    if len(positions):
+        groups.append((a, len(positions)))
+    return groups
+
+
+class _Reader:
+    """Reads arbitrary source frames of one video, with or without a timeout worker."""
+
+    def __init__(self, task: VideoTask, opts: StreamOptions, safe: Any) -> None:
+        self.task, self.opts, self.safe = task, opts, safe
+        self.source = None
+
+    def info(self):
+        from .decode import open_video
+
+        # Header reads are cheap and do not hang in practice; frame decoding goes through
+        # the timeout worker.
+        with open_video(self.task.path, backend=self.opts.decoder, modality=self.opts.modality) as src:
+            return src.info
+
+    def read(self, indices: np.ndarray):
+        if self.safe is not None:
+            return self.safe.decode(self.task.path, modality=self.opts.modality, indices=indices)
+        if self.source is None:
+            from .decode import open_video
+
+            self.source = open_video(self.task.path, backend=self.opts.decoder, modality=self.opts.modality)
+        return self.source.read(indices)
+
+    def close(self) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+
+def video_plan(task: VideoTask, info, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices of the resampled sequence and the window positions into it.
+
+    The usable source frames are ``[offset, offset + n_frames)`` for manifests that give an
+    offset (mmaction ``path offset n_frames label``), else all frames of the video.
+
+    Returns:
+        ``(src_idx (K,), positions (W, L))`` int64.
+    """
+    from .decode import resample_indices
+
+    start = max(0, task.offset)
+    stop = info.n_frames
+    if task.offset > 0 and task.n_frames > 0:
+        stop = min(stop, start + task.n_frames)
+    n_use = max(0, stop - start)
+    src_idx = np.asarray(resample_indices(n_use, info.fps, sampling.fps), np.int64) + start  # (K,)
+    return src_idx, window_positions(len(src_idx), sampling)
+
+
+def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterator[Any]:
+    """Items of one video: ``ClipChunk``... then ``VideoEnd``, or ``VideoFailed`` (never raises)."""
+    from .transforms import preprocess
+
+    reader = _Reader(task, opts, safe)
+    try:
+        info = reader.info()
+        src_idx, positions = video_plan(task, info, opts.sampling)
+        n_win = len(positions)
+        times = np.full(len(src_idx), math.nan)  # (K,) seconds, filled as frames decode
+        cache: dict[int, torch.Tensor] = {}  # source index -> (V, C, h, w) preprocessed frame
+        time_of: dict[int, float] = {}
+        # suffix minimum of each window's first source frame: frames below it are no longer needed
+        first_src = src_idx[positions.min(axis=1)] if n_win else np.zeros(0, np.int64)
+        keep_from = np.minimum.accumulate(first_src[::-1])[::-1] if n_win else first_src
+        n_decoded = 0
+        for a, b in chunk_windows(positions, src_idx, opts.chunk_frames):
+            need = np.unique(src_idx[positions[a:b]])
+            missing = np.array([s for s in need if s not in cache], np.int64)
+            if len(missing):
+                frames = reader.read(missing)
+                video = preprocess(frames.frames, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
+                for j, s in enumerate(np.asarray(frames.indices, np.int64)):
+                    cache[int(s)] = video[:, :, j]
+                    time_of[int(s)] = float(frames.times[j])
+                n_decoded += len(missing)
+            pos = positions[a:b]  # (n, L)
+            clips = torch.stack(
+                [torch.stack([cache[int(s)] for s in src_idx[p]], dim=2) for p in pos]
+            )  # n x (V, C, L, h, w) -> (n, V, C, L, h, w)
+            for p in np.unique(pos):
+                times[p] = time_of[int(src_idx[p])]
+            yield ClipChunk(task.key, a, clips)
+            if b < n_win:
+                for s in [s for s in cache if s < keep_from[b]]:
+                    del cache[s]
+        cache.clear()
+        period = frame_period(times[~np.isnan(times)], opts.sampling.fps or info.fps)
+        layout = row_layout(positions, times, src_idx, period, opts.rows_per_window)
+        meta = VideoMeta(
+            video_id=task.video_id,
+            source=task.path,
+            labels=task.labels,
+            split=task.split,
+            domain=task.domain,
+            fps=float(info.fps),
+            n_frames=int(info.n_frames),
+            duration=float(info.duration),
+        )
+        yield VideoEnd(task.key, meta, n_win, n_decoded, layout)
+    except Exception as exc:  # one bad video must not stop the job: report it as a value
+        yield _failure(task, exc)
+    finally:
+        reader.close()
+
+
+class WindowStream(IterableDataset):
+    """The videos of one shard as a stream of ``ClipChunk`` / ``VideoEnd`` / ``VideoFailed``.
+
+    Args:
+        tasks: videos to extract, in order.
+        opts: preprocessing, sampling and decoder options.
+    """
+
+    def __init__(self, tasks: Sequence[VideoTask], opts: StreamOptions) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+        self.opts = opts
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        safe = None
+        if self.opts.timeout_s and self.opts.timeout_s > 0:
+            from .decode import SafeDecoder
+
+            safe = SafeDecoder(timeout_s=self.opts.timeout_s, backend=self.opts.decoder)
+        try:
+            for task in self.tasks[wid::nw]:
+                yield from iter_video(task, self.opts, safe)
+        finally:
+            if safe is not None:
+                safe.close()
+
+
+def worker_init(_worker_id: int) -> None:
+    """DataLoader worker set-up: one intra-op thread per worker (the main process computes)."""
+    torch.set_num_threads(1)
