@@ -1,0 +1,417 @@
+"""torch Datasets over a feature set, and a chunk-aware shuffling sampler.
+
+* ``VideoSequenceDataset``: one item per video, ``feats (N, *row_shape)``; batch with
+  ``collate_padded`` (pads to the longest video, returns a bool ``mask (B, T)``).
+* ``RowDataset``: one item per row (clip or frame) with its video's label.
+* ``ChunkShuffleSampler``: shuffles blocks of consecutive indices (rows that sit next
+  to each other on disk), then shuffles inside a buffer of a few blocks, so a set
+  larger than RAM is still read mostly sequentially.
+
+Worker safety: a dataset holds *how to open* the store (a path, or a picklable
+``store_factory``), never an open handle across processes. The store is opened on
+first use in each process (and again after a fork), so DataLoader workers work under
+both ``fork`` and ``spawn``. A ``MemoryStore`` instance can be passed directly; it is
+shared with forked workers but cannot be sent to ``spawn`` workers.
+
+Example:
+    >>> ds = VideoSequenceDataset("feats.zarr", "i3d/Mixed_5c", split="train")  # doctest: +SKIP
+    >>> loader = DataLoader(ds, batch_size=8, collate_fn=collate_padded, num_workers=2)  # doctest: +SKIP
+    >>> batch = next(iter(loader)); batch["feats"].shape, batch["mask"].shape  # doctest: +SKIP
+    (torch.Size([8, T, 1024]), torch.Size([8, T]))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Collection, Iterator, Sequence, Sized, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .base import FeatureSet, FeatureStore
+from .errors import StoreError
+from .schema import VideoRows
+
+StoreSource = Union[str, os.PathLike, FeatureStore, Callable[[], FeatureStore]]
+
+
+class LazyFeatureSet:
+    """Opens a feature set on first use in each process; pickles as "how to open" only.
+
+    Args:
+        store: a store path (opened read-only with ``featbank.store.open_store``), a
+            picklable zero-argument ``store_factory`` returning a ``FeatureStore``, or an
+            open ``FeatureStore``. An open Zarr-backed store is reopened from its path in
+            every other process; a ``MemoryStore`` is used as is (forked workers inherit
+            it) and refuses to be pickled for ``spawn`` workers.
+        set_name: the feature set.
+        allow_stale: open a stale set anyway.
+    """
+
+    def __init__(self, store: StoreSource, set_name: str, *, allow_stale: bool = False) -> None:
+        self.set_name = set_name
+        self.allow_stale = allow_stale
+        self._instance: FeatureStore | None = None
+        self._factory: Callable[[], FeatureStore] | None = None
+        self._path: str | None = None
+        if isinstance(store, FeatureStore):
+            self._instance = store
+            self._path = None if _in_process_only(store) else str(store.path)
+        elif isinstance(store, (str, os.PathLike)):
+            self._path = os.fspath(store)
+        elif callable(store):
+            self._factory = store
+        else:
+            raise TypeError(f"store must be a path, a FeatureStore or a store factory, got {type(store).__name__}")
+        self._owner_pid = os.getpid()
+        self._store: FeatureStore | None = None
+        self._fs: FeatureSet | None = None
+        self._fs_pid: int | None = None
+
+    def get(self) -> FeatureSet:
+        """The open feature set of this process (opened on first call)."""
+        pid = os.getpid()
+        if self._fs is None or self._fs_pid != pid:
+            self._store = self._open_store(pid)
+            self._fs = self._store.open_set(self.set_name, allow_stale=self.allow_stale)
+            self._fs_pid = pid
+        return self._fs
+
+    def _open_store(self, pid: int) -> FeatureStore:
+        if self._instance is not None and (pid == self._owner_pid or self._path is None):
+            return self._instance
+        if self._factory is not None:
+            return self._factory()
+        from . import open_store
+
+        return open_store(self._path, mode="r")
+
+    def release(self) -> None:
+        """Drop this process's handle (closing it when this object opened it)."""
+        if self._store is not None and self._store is not self._instance:
+            self._store.close()
+        self._store = self._fs = self._fs_pid = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._instance is not None and self._path is None:
+            raise StoreError(
+                f"feature set {self.set_name!r} lives in an in-memory store that cannot be sent to another "
+                "process; use num_workers=0, the 'fork' start method, or pass a store path / store_factory"
+            )
+        state = dict(self.__dict__)
+        state.update(_instance=None, _store=None, _fs=None, _fs_pid=None)
+        return state
+
+
+def _in_process_only(store: FeatureStore) -> bool:
+    from .memory import MemoryStore
+
+    return isinstance(store, MemoryStore)
+
+
+def select_videos(
+    fs: FeatureSet,
+    *,
+    split: str | Collection[str] | None = None,
+    domain: str | Collection[str] | None = None,
+    labels: int | Collection[int] | None = None,
+    video_ids: Sequence[str] | None = None,
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Video ids of ``fs`` passing every given filter, and the metadata table restricted to them.
+
+    Args:
+        fs: the feature set.
+        split: keep videos whose split is this one (or one of these).
+        domain: keep videos whose domain is this one (or one of these).
+        labels: keep videos whose first label is this one (or one of these).
+        video_ids: keep only these ids (in this order); unknown ids raise.
+
+    Returns:
+        ``(ids, table)``: ids in commit order (or ``video_ids`` order) and the
+        ``FeatureSet.metadata()`` columns for those ids.
+    """
+    table = fs.metadata()
+    keep = np.ones(len(table["video_id"]), dtype=bool)
+    for col, want in (("split", split), ("domain", domain), ("label", labels)):
+        if want is None:
+            continue
+        wanted = [want] if isinstance(want, (str, int, np.integer)) else list(want)
+        keep &= np.isin(table[col], np.array(wanted, dtype=table[col].dtype))
+    order = np.flatnonzero(keep)
+    if video_ids is not None:
+        pos = {v: i for i, v in enumerate(table["video_id"])}
+        missing = [v for v in video_ids if v not in pos]
+        if missing:
+            raise StoreError(f"feature set {fs.name!r} has no committed video(s) {missing[:5]}")
+        order = np.array([pos[v] for v in video_ids if keep[pos[v]]], dtype=np.int64)
+    selected = {k: v[order] for k, v in table.items()}
+    return [str(v) for v in selected["video_id"]], selected
+
+
+class _FeatureSetDataset(Dataset):
+    """Shared base: lazy feature set, filtered video table, one-video read cache."""
+
+    def __init__(
+        self,
+        store: StoreSource,
+        set_name: str,
+        *,
+        split: str | Collection[str] | None,
+        domain: str | Collection[str] | None,
+        labels: int | Collection[int] | None,
+        video_ids: Sequence[str] | None,
+        allow_stale: bool,
+        dtype: torch.dtype,
+    ) -> None:
+        self.lazy = LazyFeatureSet(store, set_name, allow_stale=allow_stale)
+        fs = self.lazy.get()
+        self.info = fs.info
+        self.video_ids, table = select_videos(fs, split=split, domain=domain, labels=labels, video_ids=video_ids)
+        self.labels = table["label"].astype(np.int64)
+        self.domains = [str(d) for d in table["domain"]]
+        self.n_rows = table["n_rows"].astype(np.int64)
+        self.dtype = dtype
+        self.lazy.release()  # no open handle is inherited by forked workers
+        self._cache: tuple[str, VideoRows] | None = None
+        self._cache_pid: int | None = None
+
+    def _read(self, video_id: str) -> VideoRows:
+        if self._cache is None or self._cache[0] != video_id or self._cache_pid != os.getpid():
+            self._cache = (video_id, self.lazy.get().read(video_id))
+            self._cache_pid = os.getpid()
+        return self._cache[1]
+
+    def _tensor(self, feats: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(feats)).to(self.dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
+
+class VideoSequenceDataset(_FeatureSetDataset):
+    """One item per video: all its rows.
+
+    Items are dicts: ``feats`` (N, *row_shape) tensor, ``starts`` / ``ends`` (N,)
+    float64 tensors, ``label`` int (first label, -1 unlabelled), ``labels`` tuple,
+    ``domain`` str, ``video_id`` str, ``index`` int (position in this dataset).
+
+    Args:
+        store: store path, ``store_factory`` or open store (see ``LazyFeatureSet``).
+        set_name: the feature set.
+        split: keep only this split (or these splits).
+        domain: keep only this domain (or these).
+        labels: keep only videos whose first label is this one (or one of these).
+        video_ids: keep only these videos, in this order.
+        drop_empty: leave out videos with no rows (their mask would be all False).
+        allow_stale: read a stale set anyway.
+        dtype: dtype of ``feats`` (float16/bfloat16 sets are widened to it).
+    """
+
+    def __init__(
+        self,
+        store: StoreSource,
+        set_name: str,
+        *,
+        split: str | Collection[str] | None = None,
+        domain: str | Collection[str] | None = None,
+        labels: int | Collection[int] | None = None,
+        video_ids: Sequence[str] | None = None,
+        drop_empty: bool = True,
+        allow_stale: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(
+            store, set_name, split=split, domain=domain, labels=labels, video_ids=video_ids,
+            allow_stale=allow_stale, dtype=dtype,
+        )
+        if drop_empty:
+            keep = np.flatnonzero(self.n_rows > 0)
+            self.video_ids = [self.video_ids[i] for i in keep]
+            self.labels, self.n_rows = self.labels[keep], self.n_rows[keep]
+            self.domains = [self.domains[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        vid = self.video_ids[index]
+        fs = self.lazy.get()
+        rows = fs.read(vid)
+        return {
+            "feats": self._tensor(rows.feats),  # (N, *row_shape)
+            "starts": torch.from_numpy(rows.starts),
+            "ends": torch.from_numpy(rows.ends),
+            "label": int(self.labels[index]),
+            "labels": fs.meta(vid).labels,
+            "domain": self.domains[index],
+            "video_id": vid,
+            "index": int(index),
+        }
+
+
+def collate_padded(batch: Sequence[dict[str, Any]], pad_value: float = 0.0) -> dict[str, Any]:
+    """Batch ``VideoSequenceDataset`` items, padding every video to the longest one.
+
+    Args:
+        batch: items of ``VideoSequenceDataset``.
+        pad_value: value of padded feature rows.
+
+    Returns:
+        dict with ``feats`` (B, T, *row_shape), ``mask`` (B, T) bool (True on real rows),
+        ``lengths`` (B,) int64, ``starts`` / ``ends`` (B, T) float64 (0 where padded),
+        ``label`` (B,) int64, ``index`` (B,) int64, and lists ``labels``, ``domain``,
+        ``video_id``.
+    """
+    lengths = torch.tensor([len(item["feats"]) for item in batch], dtype=torch.int64)
+    b, t = len(batch), int(lengths.max()) if len(batch) else 0
+    row_shape = tuple(batch[0]["feats"].shape[1:]) if batch else ()
+    feats = torch.full((b, t, *row_shape), pad_value, dtype=batch[0]["feats"].dtype if batch else torch.float32)
+    starts = torch.zeros((b, t), dtype=torch.float64)
+    ends = torch.zeros((b, t), dtype=torch.float64)
+    for i, item in enumerate(batch):
+        n = len(item["feats"])
+        feats[i, :n] = item["feats"]  # (N, *row_shape) -> rows of (T, *row_shape)
+        starts[i, :n], ends[i, :n] = item["starts"], item["ends"]
+    mask = torch.arange(t)[None, :] < lengths[:, None]  # (B, T)
+    return {
+        "feats": feats,
+        "mask": mask,
+        "lengths": lengths,
+        "starts": starts,
+        "ends": ends,
+        "label": torch.tensor([item["label"] for item in batch], dtype=torch.int64),
+        "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
+        "labels": [item["labels"] for item in batch],
+        "domain": [item["domain"] for item in batch],
+        "video_id": [item["video_id"] for item in batch],
+    }
+
+
+class RowDataset(_FeatureSetDataset):
+    """One item per row (clip or frame) of the selected videos, with its video's label.
+
+    Index ``i`` runs over the rows of the selected videos in order (video by video,
+    row by row), so consecutive indices are rows stored next to each other; pair it
+    with ``ChunkShuffleSampler`` for large sets. The last video read is cached per
+    worker, so reading a video's rows one by one reads it once.
+
+    Items are dicts: ``feats`` (*row_shape) tensor, ``label`` int, ``domain`` str,
+    ``video_id`` str, ``video_index`` int, ``row`` int (row within its video),
+    ``start`` / ``end`` float seconds.
+
+    Args: as ``VideoSequenceDataset`` (without ``drop_empty``: empty videos add no rows).
+    """
+
+    def __init__(
+        self,
+        store: StoreSource,
+        set_name: str,
+        *,
+        split: str | Collection[str] | None = None,
+        domain: str | Collection[str] | None = None,
+        labels: int | Collection[int] | None = None,
+        video_ids: Sequence[str] | None = None,
+        allow_stale: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(
+            store, set_name, split=split, domain=domain, labels=labels, video_ids=video_ids,
+            allow_stale=allow_stale, dtype=dtype,
+        )
+        self.offsets = np.zeros(len(self.video_ids) + 1, dtype=np.int64)
+        np.cumsum(self.n_rows, out=self.offsets[1:])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """``(video_index, row)`` of global row ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} rows")
+        v = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return v, int(index - self.offsets[v])
+
+    def row_labels(self) -> np.ndarray:
+        """(R,) int64 label of every row, for class-balanced samplers."""
+        return np.repeat(self.labels, self.n_rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        v, r = self.locate(int(index))
+        vid = self.video_ids[v]
+        rows = self._read(vid)
+        return {
+            "feats": self._tensor(rows.feats[r]),  # (*row_shape)
+            "label": int(self.labels[v]),
+            "domain": self.domains[v],
+            "video_id": vid,
+            "video_index": v,
+            "row": r,
+            "start": float(rows.starts[r]),
+            "end": float(rows.ends[r]),
+        }
+
+
+class ChunkShuffleSampler(Sampler[int]):
+    """Shuffle blocks of consecutive indices, then shuffle inside a buffer of blocks.
+
+    Each epoch visits every index exactly once. The block order is a fresh
+    permutation; ``buffer_blocks`` blocks at a time are merged and shuffled, so any
+    ``block_size * buffer_blocks`` consecutive draws touch at most ``buffer_blocks``
+    blocks of on-disk-contiguous rows (read mostly sequentially, one buffer in RAM).
+
+    Args:
+        data_source: the dataset (its ``len``) or the number of indices.
+        block_size: indices per block; match it to the store's chunk (rows per shard
+            read) for best locality.
+        buffer_blocks: blocks merged and shuffled together (the shuffle's reach).
+        seed: base seed; epoch ``e`` uses ``seed + e``.
+        shuffle: False yields ``0..n-1`` in order (for evaluation).
+
+    Example:
+        >>> s = ChunkShuffleSampler(10, block_size=4, buffer_blocks=2, seed=0)
+        >>> sorted(s) == list(range(10))
+        True
+    """
+
+    def __init__(
+        self,
+        data_source: Sized | int,
+        *,
+        block_size: int = 1024,
+        buffer_blocks: int = 8,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if block_size < 1 or buffer_blocks < 1:
+            raise ValueError(f"block_size ({block_size}) and buffer_blocks ({buffer_blocks}) must be >= 1")
+        self.n = int(data_source) if isinstance(data_source, (int, np.integer)) else len(data_source)
+        self.block_size, self.buffer_blocks = int(block_size), int(buffer_blocks)
+        self.seed, self.shuffle = int(seed), shuffle
+        self.epoch = 0
+        self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch (its permutation); otherwise each iteration advances it by one."""
+        self.epoch, self._epoch_set = int(epoch), True
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            yield from range(self.n)
+            return
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if not self._epoch_set:
+            self.epoch += 1
+        n_blocks = -(-self.n // self.block_size)
+        blocks = rng.permutation(n_blocks)
+        for g in range(0, n_blocks, self.buffer_blocks):
+            idx = np.concatenate(
+                [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.n)) for b in blocks[g : g + self.buffer_blocks]]
+            )
+            rng.shuffle(idx)
+            yield from idx.tolist()

@@ -1,0 +1,167 @@
+"""torch Datasets, padding collate and ChunkShuffleSampler of store/dataset.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from featbank.store import FeatureSetInfo, MemoryStore, StoreError, VideoMeta, VideoRows
+from featbank.store.dataset import (
+    ChunkShuffleSampler,
+    LazyFeatureSet,
+    RowDataset,
+    VideoSequenceDataset,
+    collate_padded,
+    select_videos,
+)
+
+SET = "synthetic/feats"
+LENGTHS = [5, 0, 3, 8, 1, 6, 2, 4]
+
+
+def _video(i: int) -> tuple[VideoRows, VideoMeta]:
+    """Video ``i``: row r of video i holds the value ``100 * i + r`` in every channel."""
+    n = LENGTHS[i]
+    feats = (100 * i + np.arange(n, dtype=np.float32))[:, None].repeat(4, axis=1)
+    starts = np.arange(n) * 0.5
+    meta = VideoMeta(
+        f"v{i}", labels=(i % 3,), split="train" if i < 6 else "val", domain="src" if i % 2 == 0 else "tgt"
+    )
+    return VideoRows(feats, starts, starts + 1.0), meta
+
+
+def make_store() -> MemoryStore:
+    """A deterministic store; module level so ``spawn`` workers can rebuild it (a store_factory)."""
+    store = MemoryStore()
+    fs = store.create_set(FeatureSetInfo(name=SET, row_shape=(4,), dtype="float32"))
+    for i in range(len(LENGTHS)):
+        fs.write_video(*_video(i))
+    return store
+
+
+def test_select_videos_filters():
+    fs = make_store().open_set(SET)
+    ids, table = select_videos(fs, split="train")
+    assert ids == [f"v{i}" for i in range(6)]
+    ids, _ = select_videos(fs, split="train", domain="tgt")
+    assert ids == ["v1", "v3", "v5"]
+    ids, table = select_videos(fs, labels=[0, 2])
+    assert ids == ["v0", "v2", "v3", "v5", "v6"] and list(table["label"]) == [0, 2, 0, 2, 0]
+    ids, _ = select_videos(fs, video_ids=["v7", "v0"], split="val")
+    assert ids == ["v7"]
+    with pytest.raises(StoreError, match="nope"):
+        select_videos(fs, video_ids=["nope"])
+
+
+def test_video_sequence_padding_and_mask():
+    ds = VideoSequenceDataset(make_store(), SET)
+    assert len(ds) == 7  # the empty video is dropped
+    assert len(VideoSequenceDataset(make_store(), SET, drop_empty=False)) == 8
+    batch = collate_padded([ds[0], ds[1], ds[3]])  # v0 (5 rows), v2 (3), v4 (1)
+    assert batch["feats"].shape == (3, 5, 4) and batch["feats"].dtype == torch.float32
+    assert batch["mask"].dtype == torch.bool
+    assert batch["mask"].tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4]
+    assert batch["lengths"].tolist() == [5, 3, 1]
+    assert batch["video_id"] == ["v0", "v2", "v4"]
+    assert batch["label"].tolist() == [0, 2, 1]
+    for b, i in enumerate([0, 2, 4]):
+        n = LENGTHS[i]
+        expected = torch.from_numpy(_video(i)[0].feats)
+        torch.testing.assert_close(batch["feats"][b, :n], expected)
+        assert (batch["feats"][b, n:] == 0).all()
+        torch.testing.assert_close(batch["starts"][b, :n], torch.arange(n, dtype=torch.float64) * 0.5)
+    # masked mean pooling recovers the per-video means
+    pooled = (batch["feats"] * batch["mask"][..., None]).sum(1) / batch["lengths"][:, None]  # (B, T, D) -> (B, D)
+    torch.testing.assert_close(pooled[:, 0], torch.tensor([2.0, 201.0, 400.0]))
+
+
+def test_video_sequence_filters_and_dtype():
+    ds = VideoSequenceDataset(make_store(), SET, domain="tgt", dtype=torch.float16)
+    assert ds.video_ids == ["v3", "v5", "v7"]  # v1 is empty
+    item = ds[0]
+    assert item["feats"].dtype == torch.float16 and item["feats"].shape == (8, 4)
+    assert item["domain"] == "tgt" and item["labels"] == (0,)
+
+
+def test_row_dataset_labels_and_rows():
+    ds = RowDataset(make_store(), SET, split="train")
+    assert len(ds) == sum(LENGTHS[:6])
+    np.testing.assert_array_equal(ds.row_labels(), np.repeat([i % 3 for i in range(6)], LENGTHS[:6]))
+    for idx in range(len(ds)):
+        item = ds[idx]
+        i = int(item["video_id"][1:])
+        assert item["label"] == i % 3
+        assert item["feats"].tolist() == [100.0 * i + item["row"]] * 4
+        assert item["start"] == item["row"] * 0.5 and item["end"] == item["start"] + 1.0
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    loader = DataLoader(ds, batch_size=5, sampler=ChunkShuffleSampler(ds, block_size=4, buffer_blocks=2))
+    seen = torch.cat([b["feats"][:, 0] for b in loader])
+    assert sorted(seen.tolist()) == sorted(float(100 * i + r) for i in range(6) for r in range(LENGTHS[i]))
+
+
+@pytest.mark.parametrize("n,block,buf", [(1000, 64, 4), (97, 10, 3), (5, 8, 2), (0, 4, 2)])
+def test_sampler_covers_every_index_once_and_is_chunk_local(n, block, buf):
+    s = ChunkShuffleSampler(n, block_size=block, buffer_blocks=buf, seed=3)
+    orders = [list(s) for _ in range(2)]
+    for order in orders:
+        assert sorted(order) == list(range(n)) and len(s) == n
+        blocks = [i // block for i in order]
+        # the draws come in buffers; each buffer holds whole blocks, at most `buf` of them
+        pos, groups = 0, []
+        while pos < n:
+            first = set()
+            while pos < n and (len(first) < buf or blocks[pos] in first):
+                first.add(blocks[pos])
+                pos += 1
+            groups.append(first)
+        assert all(len(g) <= buf for g in groups)
+        assert sum(len(g) for g in groups) == -(-n // block)  # no block split over two buffers
+    if n > block * buf:
+        assert orders[0] != orders[1]  # a new permutation each epoch
+        assert orders[0] != list(range(n))
+    s.set_epoch(7)
+    assert list(s) == list(s)
+    assert list(ChunkShuffleSampler(n, shuffle=False)) == list(range(n))
+
+
+def test_memory_store_refuses_spawn_pickling():
+    ds = VideoSequenceDataset(make_store(), SET)
+    import pickle
+
+    with pytest.raises(StoreError, match="in-memory store"):
+        pickle.dumps(ds)
+
+
+def test_lazy_set_opens_per_process_and_rejects_bad_source():
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return make_store()
+
+    lazy = LazyFeatureSet(factory, SET)
+    assert lazy.get() is lazy.get() and len(calls) == 1
+    lazy.release()
+    lazy.get()
+    assert len(calls) == 2
+    with pytest.raises(TypeError):
+        LazyFeatureSet(3, SET)  # type: ignore[arg-type]
+
+
+def _epoch_ids(loader) -> list[str]:
+    return sorted(v for batch in loader for v in batch["video_id"])
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_workers_with_store_factory(ctx):
+    ds = VideoSequenceDataset(make_store, SET)
+    loader = DataLoader(ds, batch_size=3, collate_fn=collate_padded, num_workers=2, multiprocessing_context=ctx)
+    assert _epoch_ids(loader) == sorted(f"v{i}" for i, n in enumerate(LENGTHS) if n)
+    rows = RowDataset(make_store, SET)
+    loader = DataLoader(rows, batch_size=7, num_workers=2, multiprocessing_context=ctx,
+                        sampler=ChunkShuffleSampler(rows, block_size=5, buffer_blocks=2))
+    got = sorted(torch.cat([b["feats"][:, 0] for b in loader]).tolist())
+    assert got == sorted(float(100 * i + r) for i, n in enumerate(LENGTHS) for r in range(n))
