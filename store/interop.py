@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ._rows import from_bf16_bits, to_bf16_bits
 from .base import FeatureSet, FeatureStore
 from .errors import ImportFormatError, StoreError, VideoConflictError
 from .schema import FeatureSetInfo, VideoMeta, VideoRows
@@ -159,9 +160,7 @@ def _np_dtype_of_set(dtype: str) -> np.dtype:
 def _as_stored(arr: np.ndarray, dtype: str) -> np.ndarray:
     """The values a store of ``dtype`` holds after writing ``arr`` (bfloat16 rounded, as float32)."""
     if dtype == "bfloat16":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16).float().numpy()
+        return from_bf16_bits(to_bf16_bits(arr))
     with np.errstate(over="ignore"):  # overflow shows up as Inf and is reported by the caller
         return np.asarray(arr).astype(_np_dtype_of_set(dtype), copy=False)
 
