@@ -62,6 +62,8 @@ class ExtractConfig:
         clip_len: frames per window (null: the backbone spec's clip length).
         stride: frames between window starts (null: ``clip_len``).
         frame_stride: frames between sampled frames inside a window (null: the spec's).
+        resize: short side frames are resized to (null: the spec's).
+        crop: side of the square centre crop (null: the spec's).
         fps: ``"spec"`` (the backbone's target fps), ``"source"`` (keep each video's rate) or a number.
         views: ``center``, ``3crop``, ``flip``, ``3crop+flip``.
         last: last partial window policy: ``pad``, ``drop``, ``shift``.
@@ -99,6 +101,8 @@ class ExtractConfig:
     clip_len: int | None = None
     stride: int | None = None
     frame_stride: int | None = None
+    resize: int | None = None
+    crop: int | None = None
     fps: float | str = "spec"
     views: str = "center"
     last: str = "pad"
@@ -142,7 +146,7 @@ class ExtractConfig:
             raise ValueError(f"fps: {self.fps!r} must be 'spec', 'source' or a positive number")
         if not isinstance(self.fps, str) and not self.fps > 0:
             raise ValueError(f"fps: {self.fps!r} must be positive")
-        for key in ("clip_len", "stride", "frame_stride", "limit"):
+        for key in ("clip_len", "stride", "frame_stride", "resize", "crop", "limit"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"{key}: must be >= 1, got {v}")
@@ -502,7 +506,7 @@ def build_pipeline(cfg: ExtractConfig) -> _Pipeline:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     model = build_model(cfg, device)
-    spec = model.spec
+    spec = model.spec.replace(resize=cfg.resize or model.spec.resize, crop=cfg.crop or model.spec.crop)
     endpoint = cfg.endpoint or model.endpoints[-1]
     if endpoint not in model.endpoints:
         model.check_endpoint(endpoint)  # raises BackboneError listing the valid endpoints
