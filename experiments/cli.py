@@ -25,6 +25,7 @@ GROUPS = {
 CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli_store",
     "featbank.experiments.cli_extract",
+    "featbank.experiments.cli_bank",
 )
 
 

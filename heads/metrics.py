@@ -3,9 +3,10 @@
 Pure torch (GUIDE rule 8): no faiss import. Where a nearest-neighbour search is needed the
 functions run an exact, batched ``torch.topk`` search, or take a ``search`` callable
 ``(queries, k) -> (D, I)`` (e.g. ``FaissBank.search`` over the same gallery) so an index
-can be plugged in from outside ``heads``. ``D`` must then be *similarities* (higher is
-closer, as a cosine / inner-product bank returns) and ``I`` row indices into the gallery
-that was indexed, ``-1`` for a missing neighbour.
+can be plugged in from outside ``heads``. The callable receives the raw query features
+(it applies its own metric, e.g. a cosine bank normalises them); ``D`` must be
+*similarities* (higher is closer, as a cosine / inner-product bank returns) and ``I`` row
+indices into the gallery that was indexed, ``-1`` for a missing neighbour.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def _neighbours(train_feats, test_feats, k: int, search: SearchFn | None, batch_
     """Cosine neighbours of every test item in the training gallery: ``(sims, idx)``."""
     if search is None:
         return exact_search(train_feats, test_feats, k, metric="cosine", batch_size=batch_size)
-    q = F.normalize(_as_tensor(test_feats, torch.float32), dim=1)
+    q = _as_tensor(test_feats, torch.float32)  # the search callable owns its metric (and normalisation)
     ds, idx = [], []
     for s in range(0, len(q), batch_size):  # every query, the last partial batch included
         d, i = search(q[s : s + batch_size], k)

@@ -424,7 +424,7 @@ class FaissBank:
         fs = store.open_set(set_name, allow_stale=allow_stale)
         filters = _filters(split, domain, labels)
         keep = select_videos(fs, **filters)
-        feats, ids, y = _vectors_of(fs, keep, level)
+        feats, ids, y = set_vectors(fs, keep, level)
         info_fields = {
             "set_name": set_name,
             "backbone": fs.info.backbone,
@@ -720,7 +720,7 @@ class FaissBank:
         new = [v for v in select_videos(fs, **self.info.filters) if v not in known]
         if not new:
             return []
-        feats, ids, y = _vectors_of(fs, new, self.info.level)
+        feats, ids, y = set_vectors(fs, new, self.info.level)
         if len(feats):
             self.add(ids, feats, y)
         return new
@@ -834,8 +834,13 @@ def select_videos(
     return [str(v) for v in meta["video_id"][keep]]
 
 
-def _vectors_of(fs: FeatureSet, video_ids: Sequence[str], level: str) -> tuple[np.ndarray, list[tuple[str, int]], np.ndarray]:
-    """Vectors, ``(video id, row)`` ids and labels of the given videos at ``level``."""
+def set_vectors(fs: FeatureSet, video_ids: Sequence[str], level: str) -> tuple[np.ndarray, list[tuple[str, int]], np.ndarray]:
+    """Vectors of the given videos at ``level`` (``"row"`` or ``"video"``).
+
+    Returns:
+        ``(feats (N, D) float32, ids [(video id, row)] (row -1 at video level), labels (N,))``;
+        videos without rows are skipped.
+    """
     feats_out, ids, labels = [], [], []
     for vid, rows in zip(video_ids, fs.read_many(list(video_ids))):
         f = _pool_rows(np.asarray(rows.feats, dtype=np.float32), fs.name)
