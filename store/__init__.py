@@ -17,3 +17,4 @@ from .errors import (
 from .schema import SCHEMA_VERSION, BackboneSpec, FeatureSetInfo, VideoMeta, VideoRows
 from .base import FAILURE_KEYS, META_COLUMNS
 from .memory import MemoryStore
+from .zarr_store import COMPRESSIONS, ZarrFeatureSet, ZarrStore, open_store

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .errors import DimensionMismatchError, NonFiniteError
@@ -107,6 +109,11 @@ def check_video(
     if (rows.frame_idx[:, 1] < rows.frame_idx[:, 0]).any():
         problems.append(f"{where}: a row's last frame index precedes its first")
     return problems
+
+
+def meta_equal(a: VideoMeta, b: VideoMeta) -> bool:
+    """Field-wise equality of two metadata records, treating NaN as equal to NaN."""
+    return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
 
 
 def slice_rows(rows: VideoRows, sl: slice | None, time: tuple[float, float] | None) -> VideoRows:

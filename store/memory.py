@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ._rows import check_video, decode, prepare_rows, read_dtype, slice_rows
+from ._rows import check_video, decode, meta_equal, prepare_rows, read_dtype, slice_rows
 from .base import FAILURE_KEYS, FeatureSet, FeatureStore
 from .errors import (
     FeatureSetConflictError,
@@ -84,13 +84,13 @@ class MemoryFeatureSet(FeatureSet):
         with self._lock:
             old = self._videos.get(vid)
             if old is not None and not overwrite:
-                if old[0].equals(as_read) and old[2] == meta:
+                if old[0].equals(as_read) and meta_equal(old[2], meta):
                     return False
                 raise VideoConflictError(
                     f"video {vid!r} is already committed in feature set {self.info.name!r} with different "
                     "content; pass overwrite=True to replace it"
                 )
-            if old is not None and old[0].equals(as_read) and old[2] == meta:
+            if old is not None and old[0].equals(as_read) and meta_equal(old[2], meta):
                 return False
             self._videos[vid] = (as_read, stored.copy(), meta, allow_nonfinite)
             return True

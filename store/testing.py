@@ -143,7 +143,7 @@ class StoreTests(ABC):
         want = torch.from_numpy(r.feats).to(torch.bfloat16).to(torch.float32).numpy()
         np.testing.assert_array_equal(self.reopen(store).open_set("s").read("v").feats, want)
 
-    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors])
     @given(
         counts=st.lists(st.integers(0, 40), min_size=1, max_size=8),
         dim=st.integers(1, 12),

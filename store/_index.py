@@ -1,0 +1,145 @@
+"""The in-memory row index (video -> segment, first row, row count, metadata) and commit records.
+
+A commit record is one line ``JSON \\t CRC32 \\n`` appended to a writer's log after the
+video's rows are written. A line whose checksum or JSON does not match (a record torn by
+a killed writer) ends the log: it and anything after it are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from typing import Any, Iterable
+
+import numpy as np
+
+from .schema import VideoMeta
+
+_META_FIELDS = ("source", "labels", "split", "domain", "fps", "n_frames", "duration")
+
+
+def encode_record(rec: dict[str, Any]) -> bytes:
+    """One commit-log line for ``rec``."""
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    return body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
+
+
+def parse_log(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Records of a commit log, and the number of bytes they span (the rest is torn)."""
+    records, pos = [], 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        line = data[pos:end]
+        body, _, crc = line.rpartition(b"\t")
+        try:
+            if int(crc, 16) != zlib.crc32(body):
+                break
+            records.append(json.loads(body))
+        except ValueError:
+            break
+        pos = end + 1
+    return records, pos
+
+
+def meta_record(meta: VideoMeta) -> dict[str, Any]:
+    """``VideoMeta`` as the compact dict stored in commit records (video id kept apart)."""
+    return {
+        "source": meta.source, "labels": list(meta.labels), "split": meta.split, "domain": meta.domain,
+        "fps": meta.fps, "n_frames": meta.n_frames, "duration": meta.duration,
+    }
+
+
+class VideoIndex:
+    """Columnar index of the committed videos of one feature set, in first-commit order."""
+
+    def __init__(self) -> None:
+        self.segments: list[str] = []
+        self._seg_pos: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.pos: dict[str, int] = {}
+        self.seg: list[int] = []
+        self.row: list[int] = []
+        self.n: list[int] = []
+        self.nonfinite: list[bool] = []
+        self.cols: dict[str, list[Any]] = {k: [] for k in _META_FIELDS}
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    # ---- building -------------------------------------------------------------------
+    def segment_id(self, name: str) -> int:
+        i = self._seg_pos.get(name)
+        if i is None:
+            i = self._seg_pos[name] = len(self.segments)
+            self.segments.append(name)
+        return i
+
+    def apply(self, rec: dict[str, Any]) -> None:
+        """Add a committed video, or move an overwritten one to its new rows (keeping its place)."""
+        self._arrays = None
+        vid, m = rec["v"], rec["m"]
+        s = self.segment_id(rec["s"])
+        i = self.pos.get(vid)
+        if i is None:
+            self.pos[vid] = len(self.ids)
+            self.ids.append(vid)
+            self.seg.append(s)
+            self.row.append(int(rec["r"]))
+            self.n.append(int(rec["n"]))
+            self.nonfinite.append(bool(rec.get("nf", False)))
+            for k in _META_FIELDS:
+                self.cols[k].append(m[k])
+        else:
+            self.seg[i], self.row[i], self.n[i] = s, int(rec["r"]), int(rec["n"])
+            self.nonfinite[i] = bool(rec.get("nf", False))
+            for k in _META_FIELDS:
+                self.cols[k][i] = m[k]
+
+    def apply_all(self, records: Iterable[dict[str, Any]]) -> None:
+        for rec in records:
+            self.apply(rec)
+
+    # ---- compacted form ---------------------------------------------------------------
+    def to_doc(self) -> dict[str, Any]:
+        """JSON-able columnar form (written by ``compact``)."""
+        return {
+            "segments": self.segments, "ids": self.ids, "seg": self.seg, "row": self.row, "n": self.n,
+            "nonfinite": [i for i, f in enumerate(self.nonfinite) if f], "meta": self.cols,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> "VideoIndex":
+        idx = cls()
+        idx.segments = list(doc["segments"])
+        idx._seg_pos = {s: i for i, s in enumerate(idx.segments)}
+        idx.ids, idx.seg, idx.row, idx.n = doc["ids"], doc["seg"], doc["row"], doc["n"]
+        idx.pos = dict(zip(idx.ids, range(len(idx.ids))))
+        idx.nonfinite = [False] * len(idx.ids)
+        for i in doc["nonfinite"]:
+            idx.nonfinite[i] = True
+        idx.cols = {k: doc["meta"][k] for k in _META_FIELDS}
+        return idx
+
+    # ---- lookups ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def meta(self, i: int) -> VideoMeta:
+        c = self.cols
+        fps, dur = c["fps"][i], c["duration"][i]
+        return VideoMeta(
+            video_id=self.ids[i], source=c["source"][i], labels=tuple(c["labels"][i]), split=c["split"][i],
+            domain=c["domain"][i], fps=math.nan if fps is None else fps, n_frames=c["n_frames"][i],
+            duration=math.nan if dur is None else dur,
+        )
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(seg, row, n)`` as int64 arrays (cached until the next change)."""
+        if self._arrays is None:
+            self._arrays = (
+                np.asarray(self.seg, dtype=np.int64),
+                np.asarray(self.row, dtype=np.int64),
+                np.asarray(self.n, dtype=np.int64),
+            )
+        return self._arrays
