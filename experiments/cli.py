@@ -26,6 +26,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli_store",
     "featbank.experiments.cli_extract",
     "featbank.experiments.cli_bank",
+    "featbank.experiments.cli_run",
 )
 
 
