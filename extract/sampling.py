@@ -28,7 +28,8 @@ def sliding_windows(n_frames: int, clip_len: int, stride: int, frame_stride: int
 
     A clip starting at ``s`` takes frames ``s + arange(clip_len) * frame_stride`` (span
     ``(clip_len - 1) * frame_stride + 1``). Full clips start at ``0, stride, 2*stride, ...`` while
-    they fit. When frames after the last full clip are left uncovered, the last partial clip is:
+    they fit. When frames after the last full clip are left uncovered and the next stride position
+    still lies inside the sequence, the last partial clip is:
 
     - ``"pad"``: the clip at the next stride position, indices past the end repeat the last frame;
     - ``"shift"``: a clip aligned to end at the last frame (start ``n_frames - span``);
@@ -53,9 +54,10 @@ def sliding_windows(n_frames: int, clip_len: int, stride: int, frame_stride: int
     span = int(offsets[-1]) + 1
     if n_frames >= span:
         starts = np.arange(0, n_frames - span + 1, stride, dtype=np.int64)  # full clips
-        covered_to = int(starts[-1]) + span  # frames [0, covered_to) lie under some clip span
-        if covered_to < n_frames and last != "drop":
-            extra = n_frames - span if last == "shift" else int(starts[-1]) + stride
+        next_start = int(starts[-1]) + stride  # would start inside the video but not fit
+        uncovered = int(starts[-1]) + span < n_frames  # frames after the last full clip
+        if uncovered and next_start < n_frames and last != "drop":
+            extra = n_frames - span if last == "shift" else next_start
             starts = np.append(starts, np.int64(extra))
     else:
         starts = np.zeros(0 if last == "drop" else 1, dtype=np.int64)
