@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import mmap
 import os
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
@@ -29,6 +31,17 @@ from .errors import StoreError
 COMPRESSIONS = ("none", "lz4", "zstd", "blosc-zstd", "gzip")
 _EMPTY = np.uint64(2**64 - 1)
 _INDEX_CRC_BYTES = 4
+TIME_CHUNK_ROWS = 1 << 16  # rows per chunk of the small times / frame_idx arrays
+
+
+def _replace_file(path: str, parts: tuple[Any, ...]) -> None:
+    """Write ``parts`` to a temporary file, then rename it over ``path`` (atomic on POSIX)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    with open(tmp, "wb") as f:
+        for part in parts:
+            f.write(part)
+    os.replace(tmp, path)
 
 
 class CorruptDataError(StoreError):
@@ -68,14 +81,14 @@ class Layout:
 
     @classmethod
     def default(cls, row_bytes: int, compression: str = "none", rows_per_chunk: int | None = None) -> "Layout":
-        """Inner chunks of about 128 KiB, writer shards of 16 chunks, compacted shards of about 128 MiB."""
+        """Inner chunks of about 128 KiB, writer shards of 16 chunks, compacted shards of about 64 MiB."""
         compressors_for(compression)  # validates the name
         if rows_per_chunk is None:
-            rows_per_chunk = int(min(4096, max(1, 2 ** int(np.log2(max(1, (128 << 10) // row_bytes))))))
+            rows_per_chunk = int(min(1024, max(1, 2 ** int(np.log2(max(1, (128 << 10) // row_bytes))))))
         if rows_per_chunk <= 0:
             raise ValueError(f"rows_per_chunk must be positive, got {rows_per_chunk}")
         chunk_bytes = rows_per_chunk * row_bytes
-        per_read_shard = max(1, min(1 << 14, (128 << 20) // chunk_bytes))
+        per_read_shard = max(1, min(1 << 12, (64 << 20) // chunk_bytes))
         return cls(compression, rows_per_chunk, rows_per_chunk * 16, rows_per_chunk * per_read_shard)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,6 +141,8 @@ class Segment:
         self.dir = os.path.join(local_root, *key.split("/")) if local_root is not None else None
         self._arrays: dict[str, Any] = {}
         self._shards: dict[int, tuple[int, ShardMap]] = {}
+        self._wbuf: dict[int, list[Any]] = {}  # shard being appended to: [rows buffer, rows filled]
+        self._tbuf: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # times / frame_idx chunk being appended to
         self._times = np.zeros((0, 2), np.float64)
         self._frames = np.zeros((0, 2), np.int64)
         self.known_rows = 0  # rows committed per the index this process has loaded
@@ -144,14 +159,17 @@ class Segment:
                           compressors=compressors_for(layout.compression), fill_value=0,
                           dimension_names=("row",) + tuple(f"d{i}" for i in range(len(row_shape))))
         for name, dt in (("times", "float64"), ("frame_idx", "int64")):
-            zarr.create_array(store=zstore, name=f"{key}/{name}", shape=(rows, 2), dtype=dt, chunks=(s, 2),
+            zarr.create_array(store=zstore, name=f"{key}/{name}", shape=(rows, 2), dtype=dt,
+                              chunks=(min(s, TIME_CHUNK_ROWS), 2),
                               compressors=None, fill_value=0, dimension_names=("row", "bound"))
         return cls(zstore, key, row_shape, dtype, layout, local_root, rows_per_shard)
 
     def array(self, name: str) -> Any:
         a = self._arrays.get(name)
         if a is None:
-            a = self._arrays[name] = zarr.open_array(store=self.zstore, path=f"{self.key}/{name}", mode="r+")
+            a = self._arrays[name] = zarr.open_array(
+                store=self.zstore, path=f"{self.key}/{name}", mode="r" if self.zstore.read_only else "r+"
+            )
         return a
 
     # ---- writes -----------------------------------------------------------------------
@@ -166,9 +184,67 @@ class Segment:
             for name in self.ARRAYS:
                 arr = self.array(name)
                 arr.resize((cap, *arr.shape[1:]))
-        feats[row0:end] = stored
-        self.array("times")[row0:end] = times
-        self.array("frame_idx")[row0:end] = frames
+        if not self.fast:
+            feats[row0:end] = stored
+            self.array("times")[row0:end] = times
+            self.array("frame_idx")[row0:end] = frames
+            return
+        s = self.rows_per_shard
+        for k in range(row0 // s, (end - 1) // s + 1):
+            a, b = max(row0, k * s), min(end, (k + 1) * s)
+            self._write_shard(k, a, b, stored[a - row0:b - row0])
+        tc = min(s, TIME_CHUNK_ROWS)
+        for j in range(row0 // tc, (end - 1) // tc + 1):
+            a, b = max(row0, j * tc), min(end, (j + 1) * tc)
+            self._write_time_chunk(j, tc, a, b, times[a - row0:b - row0], frames[a - row0:b - row0])
+
+    def _chunk_path(self, name: str, k: int, ndim_rest: int) -> str:
+        return os.path.join(self.dir, name, "c", str(k), *(["0"] * ndim_rest))
+
+    def _write_shard(self, k: int, a: int, b: int, rows: np.ndarray) -> None:
+        """Direct write of rows ``[a, b)`` into shard ``k``: the whole shard file is rebuilt from an
+        in-memory copy and replaces the old file atomically (a valid Zarr v3 shard either way)."""
+        s, c = self.rows_per_shard, self.layout.rows_per_chunk
+        buf = self._wbuf.get(k)
+        if buf is None:
+            buf = [np.zeros((s, *self.row_shape), self.dtype), 0]
+            path = self._chunk_path("feats", k, len(self.row_shape))
+            if os.path.exists(path):  # continue a shard written before (e.g. by an earlier failed call)
+                sm = ShardMap(path, s // c, self.chunk_bytes)
+                upto = min(s, self.known_rows - k * s) if self.known_rows > k * s else 0
+                for ci in range(-(-upto // c)):
+                    if sm.offsets[ci] >= 0:
+                        raw = sm.buf[sm.offsets[ci]:sm.offsets[ci] + self.chunk_bytes]
+                        buf[0][ci * c:(ci + 1) * c] = raw.view(self.dtype).reshape(c, *self.row_shape)
+                buf[1] = upto
+                sm.close()
+            self._wbuf = {k: buf}  # rows are appended: older shards are never touched again
+        buf[0][a - k * s:b - k * s] = rows
+        buf[1] = max(buf[1], b - k * s)
+        n_chunks = s // c
+        used = -(-buf[1] // c)
+        index = np.full((n_chunks, 2), _EMPTY, dtype="<u8")
+        index[:used, 0] = np.arange(used, dtype=np.uint64) * np.uint64(self.chunk_bytes)
+        index[:used, 1] = self.chunk_bytes
+        index_bytes = index.tobytes()
+        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
+        _replace_file(self._chunk_path("feats", k, len(self.row_shape)),
+                      (memoryview(buf[0].reshape(-1).view(np.uint8))[: used * self.chunk_bytes], index_bytes, crc))
+        self._shards.pop(k, None)
+
+    def _write_time_chunk(self, j: int, tc: int, a: int, b: int, times: np.ndarray, frames: np.ndarray) -> None:
+        buf = self._tbuf.get(j)
+        if buf is None:
+            buf = (np.zeros((tc, 2), "<f8"), np.zeros((tc, 2), "<i8"))
+            path = self._chunk_path("times", j, 1)
+            if os.path.exists(path):
+                buf[0][:] = np.fromfile(path, "<f8").reshape(tc, 2)
+                buf[1][:] = np.fromfile(self._chunk_path("frame_idx", j, 1), "<i8").reshape(tc, 2)
+            self._tbuf = {j: buf}
+        buf[0][a - j * tc:b - j * tc] = times
+        buf[1][a - j * tc:b - j * tc] = frames
+        _replace_file(self._chunk_path("times", j, 1), (buf[0].tobytes(),))
+        _replace_file(self._chunk_path("frame_idx", j, 1), (buf[1].tobytes(),))
 
     # ---- reads ------------------------------------------------------------------------
     def _shard(self, k: int, end: int) -> ShardMap:

@@ -45,7 +45,12 @@ def _json_float(x: float) -> float | None:
 
 
 def set_report(store: FeatureStore, name: str) -> dict[str, Any]:
-    """Summary of one feature set: counts, layout, bytes, staleness, provenance, failures."""
+    """Summary of one feature set: counts, layout, bytes, staleness, provenance, failures.
+
+    ``bytes`` is the size of the values (rows x row size x itemsize); ``bytes_on_disk``
+    and ``files`` measure the set's group folder (``PATH/NAME``, a Zarr v3 group) and
+    are None when the store is not a folder (e.g. ``MemoryStore``).
+    """
     fs = store.open_set(name, allow_stale=True)
     info = fs.info
     table = fs.metadata()
@@ -54,6 +59,7 @@ def set_report(store: FeatureStore, name: str) -> dict[str, Any]:
     provenance = info.to_dict()
     for key in ("name", "row_shape", "dtype", "level"):
         provenance.pop(key)
+    usage = disk_usage(f"{str(store.path).rstrip('/')}/{name}")
     return {
         "name": name,
         "n_videos": int(len(n_rows)),
@@ -68,6 +74,8 @@ def set_report(store: FeatureStore, name: str) -> dict[str, Any]:
         "dtype": info.dtype,
         "level": info.level,
         "bytes": int(n_rows.sum()) * int(np.prod(info.row_shape)) * _ITEMSIZE[info.dtype],
+        "bytes_on_disk": usage[0] if usage else None,
+        "files": usage[1] if usage else None,
         "stale": bool(current is not None and current != info.weights_id),
         "current_weights_id": current,
         "splits": dict(collections.Counter(str(s) for s in table["split"])),
@@ -145,7 +153,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [
             f"  - {s['name']}{'  [STALE: weights ' + _short(p['weights_id']) + ' != current ' + _short(s['current_weights_id']) + ']' if s['stale'] else ''}",
             f"      videos {s['n_videos']}, rows {s['n_rows']} (per video min {rpv['min']} / mean {rpv['mean']:.1f} / max {rpv['max']})",
-            f"      rows {tuple(s['row_shape'])} {s['dtype']}, {s['level']} level, {_human_bytes(s['bytes'])} of values",
+            f"      rows {tuple(s['row_shape'])} {s['dtype']}, {s['level']} level, {_human_bytes(s['bytes'])} of values, "
+            f"{_human_bytes(s['bytes_on_disk'])} on disk in {s['files'] if s['files'] is not None else 'n/a'} files",
             f"      backbone {p['backbone'] or '-'} endpoint {p['endpoint'] or '-'} weights {_short(p['weights_id'])}",
             f"      created {p['created']} by featbank {p['featbank_version']}",
         ]
