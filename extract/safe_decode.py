@@ -284,32 +284,66 @@ def _positions(n_frames: int, fps_src: float, fps: float | None, indices: np.nda
     return idx[indices]
 
 
+class _SourceCache:
+    """The last video opened by ``decode`` requests, kept open for the next request on it.
+
+    A job decodes one video in several index chunks; reusing the open source avoids re-opening
+    (and, for PyAV, re-scanning) the file and lets consecutive chunks continue without a seek.
+    The entry is dropped when another input is requested or the file changed (size, mtime).
+    """
+
+    def __init__(self, opener) -> None:
+        self._open = opener
+        self._key = None
+        self._src = None
+
+    def get(self, path: str, kw: dict):
+        try:
+            st = os.stat(path)
+            key = (path, tuple(sorted(kw.items())), st.st_size, st.st_mtime_ns)
+        except OSError:
+            key = None  # let open_video raise the typed error
+        if key is not None and key == self._key:
+            return self._src
+        self.clear()
+        self._src = self._open(path, **kw)
+        self._key = key
+        return self._src
+
+    def clear(self) -> None:
+        if self._src is not None:
+            self._src.close()
+        self._src = self._key = None
+
+
 def _serve(conn_in: Connection, conn_out: Connection) -> None:
     from featbank.extract.decode import open_video
 
     conn_out.send(("ready", os.getppid()))
+    cache = _SourceCache(open_video)
     src = None
     seq = None
     while True:
         try:
             msg = conn_in.recv()
         except EOFError:
+            cache.clear()
             return  # parent went away
         op = msg[0]
         if op == "quit":
+            cache.clear()
             return
         try:
             if op == "decode":
                 _, path, kw, fps, indices = msg
                 _test_hook(path)
-                with open_video(path, **kw) as s:
-                    _send_frames(conn_out, s.read(_positions(s.info.n_frames, s.info.fps, fps, indices)))
+                s = cache.get(path, kw)
+                _send_frames(conn_out, s.read(_positions(s.info.n_frames, s.info.fps, fps, indices)))
                 continue
             if op == "probe":
                 _, path, kw = msg
                 _test_hook(path)
-                with open_video(path, **kw) as s:
-                    conn_out.send(("ok", s.info))
+                conn_out.send(("ok", cache.get(path, kw).info))
                 continue
             if op == "open":
                 _, path, kw, fps = msg
@@ -332,6 +366,7 @@ def _serve(conn_in: Connection, conn_out: Connection) -> None:
                 continue
             raise ValueError(f"unknown decode worker request {op!r}")
         except Exception as e:  # noqa: BLE001 - every error goes back to the parent, typed when picklable
+            cache.clear()  # a source that failed is not reused
             try:
                 blob = pickle.dumps(e)
                 pickle.loads(blob)

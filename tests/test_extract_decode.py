@@ -494,6 +494,19 @@ def test_safe_decoder_crash_is_reported_and_next_video_decodes(videos, tmp_path,
         assert sd.restarts == 1
 
 
+def test_safe_decoder_chunked_requests_reuse_the_source_but_see_file_changes(tmp_path):
+    path = tmp_path / "v.mkv"
+    first = write_video(path, 30)
+    with SafeDecoder(timeout_s=60, backend="pyav") as sd:
+        chunks = [sd.decode(path, indices=np.arange(a, a + 10)) for a in (0, 10, 20)]
+        np.testing.assert_array_equal(np.concatenate([c.frames for c in chunks]), first)
+        time.sleep(0.01)
+        second = write_video(path, 12, pattern=lambda i, h, w: frame_pattern(i + 500, h, w))  # same path, new content
+        got = sd.decode(path)
+        assert len(got) == 12 and [index_of(f) for f in got.frames] == list(range(500, 512))
+        np.testing.assert_array_equal(got.frames, second)
+
+
 def test_safe_decoder_pickles_without_its_worker(videos):
     sd = SafeDecoder(timeout_s=5.0, backend="pyav")
     clone = pickle.loads(pickle.dumps(sd))
