@@ -121,6 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compact(args: argparse.Namespace) -> int:
     from featbank.store.info import disk_usage
 
+    _open(args.path, "r").close()  # a missing or foreign path is an error, not a new store
     before = disk_usage(args.path)
     with _open(args.path, "a") as store:
         store.compact()

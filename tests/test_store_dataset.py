@@ -155,7 +155,7 @@ def _epoch_ids(loader) -> list[str]:
     return sorted(v for batch in loader for v in batch["video_id"])
 
 
-@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+@pytest.mark.parametrize("ctx", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_workers_with_store_factory(ctx):
     ds = VideoSequenceDataset(make_store, SET)
     loader = DataLoader(ds, batch_size=3, collate_fn=collate_padded, num_workers=2, multiprocessing_context=ctx)
@@ -163,5 +163,39 @@ def test_workers_with_store_factory(ctx):
     rows = RowDataset(make_store, SET)
     loader = DataLoader(rows, batch_size=7, num_workers=2, multiprocessing_context=ctx,
                         sampler=ChunkShuffleSampler(rows, block_size=5, buffer_blocks=2))
+    got = sorted(torch.cat([b["feats"][:, 0] for b in loader]).tolist())
+    assert got == sorted(float(100 * i + r) for i, n in enumerate(LENGTHS) for r in range(n))
+
+
+@pytest.fixture()
+def zarr_path(tmp_path):
+    from featbank.store import open_store
+
+    path = tmp_path / "feats.zarr"
+    with open_store(path, mode="w") as store:
+        src = make_store().open_set(SET)
+        fs = store.create_set(src.info)
+        for vid in src.video_ids():
+            fs.write_video(src.read(vid), src.meta(vid))
+    return path
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_workers_with_zarr_path(zarr_path, ctx):
+    ds = VideoSequenceDataset(str(zarr_path), SET, split="train")
+    ds[0]  # the parent has used the store before the workers start
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_padded, num_workers=2, multiprocessing_context=ctx)
+    batches = list(loader)
+    assert sorted(v for b in batches for v in b["video_id"]) == ["v0", "v2", "v3", "v4", "v5"]
+    for b in batches:
+        for k, vid in enumerate(b["video_id"]):
+            i = int(vid[1:])
+            torch.testing.assert_close(b["feats"][k, : LENGTHS[i]], torch.from_numpy(_video(i)[0].feats))
+            assert b["mask"][k].sum() == LENGTHS[i]
+    if ctx == "spawn":
+        return  # spawn workers start slowly (each imports torch); the row dataset runs under fork only
+    rows = RowDataset(zarr_path, SET)
+    loader = DataLoader(rows, batch_size=6, num_workers=2, multiprocessing_context=ctx,
+                        sampler=ChunkShuffleSampler(rows, block_size=4, buffer_blocks=2, seed=1))
     got = sorted(torch.cat([b["feats"][:, 0] for b in loader]).tolist())
     assert got == sorted(float(100 * i + r) for i, n in enumerate(LENGTHS) for r in range(n))
