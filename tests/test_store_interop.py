@@ -77,13 +77,25 @@ def _assert_same_set(a, b) -> None:
             assert (isinstance(v, float) and math.isnan(v) and math.isnan(w)) or v == w, (vid, k)
 
 
+def _new_store(kind: str, tmp_path, tag: str):
+    """A fresh store of one backend: in-memory, a local Zarr folder, or a Zarr store at a memory:// URL."""
+    from featbank.store import open_store
+
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "zarr":
+        return open_store(tmp_path / f"{tag}.zarr", mode="w")
+    return open_store(f"memory://interop-{tmp_path.name}-{tag}.zarr", mode="w")
+
+
+@pytest.mark.parametrize("backend", ["memory", "zarr", "zarr-memory-url"])
 @pytest.mark.parametrize("dtype,row_shape", [("float16", (6,)), ("float32", (2, 3)), ("bfloat16", (5,))])
 @pytest.mark.parametrize("fmt", ["npy", "hdf5"])
-def test_round_trip_is_exact(tmp_path, fmt, dtype, row_shape):
-    src = MemoryStore()
+def test_round_trip_is_exact(tmp_path, fmt, dtype, row_shape, backend):
+    src = _new_store(backend, tmp_path, "src")
     fs = src.create_set(_info(dtype, row_shape))
     _fill(fs)
-    dst = MemoryStore()
+    dst = _new_store(backend, tmp_path, "dst")
     if fmt == "npy":
         rep = export_npy(fs, tmp_path / "out")
         assert (tmp_path / "out" / "class_1" / "video 1.npy").is_file()
@@ -284,3 +296,28 @@ def test_hdf5_mixed_dims_names_datasets(tmp_path):
     with pytest.raises(ImportFormatError, match=r"mixed row shapes.*mixed\.h5:/x.*mixed\.h5:/y|mixed row shapes.*:/y.*:/x"):
         import_hdf5(store, path, "m")
     assert store.feature_sets() == []
+
+
+def test_failed_import_into_zarr_commits_nothing(tmp_path):
+    store = _new_store("zarr", tmp_path, "s")
+    fs = store.create_set(_info("float32"))
+    _fill(fs, 3)
+    before = {v: fs.read(v) for v in fs.video_ids()}
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((2, 6), np.float32))
+    bad = np.zeros((2, 6), np.float32)
+    bad[1, 1] = np.inf
+    np.save(src / "b.npy", bad)
+    with pytest.raises(ImportFormatError, match="b.npy"):
+        import_npy(store, src, SET)
+    with pytest.raises(ImportFormatError, match="b.npy"):
+        import_npy(store, src, "fresh/set")
+    store.close()
+    from featbank.store import open_store
+
+    with open_store(tmp_path / "s.zarr", mode="r") as again:
+        assert again.feature_sets() == [SET]
+        fs = again.open_set(SET)
+        assert fs.video_ids() == list(before) and all(fs.read(v).equals(r) for v, r in before.items())
+        assert again.validate() == []
