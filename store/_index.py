@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -27,21 +27,27 @@ def encode_record(rec: dict[str, Any]) -> bytes:
 
 def parse_log(data: bytes) -> tuple[list[dict[str, Any]], int]:
     """Records of a commit log, and the number of bytes they span (the rest is torn)."""
-    records, pos = [], 0
-    while True:
-        end = data.find(b"\n", pos)
-        if end < 0:
-            break
-        line = data[pos:end]
+    bodies, pos = [], 0
+    for line in data.split(b"\n")[:-1]:  # the last piece has no newline: torn or empty
         body, _, crc = line.rpartition(b"\t")
         try:
             if int(crc, 16) != zlib.crc32(body):
                 break
-            records.append(json.loads(body))
         except ValueError:
             break
-        pos = end + 1
-    return records, pos
+        bodies.append(body)
+        pos += len(line) + 1
+    try:
+        return json.loads(b"[" + b",".join(bodies) + b"]"), pos
+    except ValueError:  # a checksummed line that is not JSON: parse one by one up to it
+        records, pos = [], 0
+        for body in bodies:
+            try:
+                records.append(json.loads(body))
+            except ValueError:
+                break
+            pos = data.index(b"\n", pos) + 1
+        return records, pos
 
 
 def meta_record(meta: VideoMeta) -> dict[str, Any]:
@@ -64,8 +70,17 @@ class VideoIndex:
         self.row: list[int] = []
         self.n: list[int] = []
         self.nonfinite: list[bool] = []
-        self.cols: dict[str, list[Any]] = {k: [] for k in _META_FIELDS}
+        self._cols: dict[str, list[Any]] | None = {k: [] for k in _META_FIELDS}
+        self._load_cols: Callable[[], dict[str, list[Any]]] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def cols(self) -> dict[str, list[Any]]:
+        """Metadata columns (``source``, ``labels``, ...), loaded on first use."""
+        if self._cols is None:
+            assert self._load_cols is not None
+            self._cols = self._load_cols()
+        return self._cols
 
     # ---- building -------------------------------------------------------------------
     def segment_id(self, name: str) -> int:
@@ -79,6 +94,7 @@ class VideoIndex:
         """Add a committed video, or move an overwritten one to its new rows (keeping its place)."""
         self._arrays = None
         vid, m = rec["v"], rec["m"]
+        cols = self.cols
         s = self.segment_id(rec["s"])
         i = self.pos.get(vid)
         if i is None:
@@ -89,36 +105,37 @@ class VideoIndex:
             self.n.append(int(rec["n"]))
             self.nonfinite.append(bool(rec.get("nf", False)))
             for k in _META_FIELDS:
-                self.cols[k].append(m[k])
+                cols[k].append(m[k])
         else:
             self.seg[i], self.row[i], self.n[i] = s, int(rec["r"]), int(rec["n"])
             self.nonfinite[i] = bool(rec.get("nf", False))
             for k in _META_FIELDS:
-                self.cols[k][i] = m[k]
+                cols[k][i] = m[k]
 
     def apply_all(self, records: Iterable[dict[str, Any]]) -> None:
         for rec in records:
             self.apply(rec)
 
     # ---- compacted form ---------------------------------------------------------------
-    def to_doc(self) -> dict[str, Any]:
-        """JSON-able columnar form (written by ``compact``)."""
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Columns needed to locate rows, as arrays (written by ``compact`` as ``.npz``)."""
         return {
-            "segments": self.segments, "ids": self.ids, "seg": self.seg, "row": self.row, "n": self.n,
-            "nonfinite": [i for i, f in enumerate(self.nonfinite) if f], "meta": self.cols,
+            "ids": np.array(self.ids, dtype=str) if self.ids else np.zeros(0, "<U1"),
+            "seg": np.asarray(self.seg, dtype=np.int32), "row": np.asarray(self.row, dtype=np.int64),
+            "n": np.asarray(self.n, dtype=np.int64), "nonfinite": np.asarray(self.nonfinite, dtype=bool),
         }
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> "VideoIndex":
+    def from_arrays(cls, segments: list[str], arrays: Any, load_cols: Callable[[], dict[str, list[Any]]]) -> "VideoIndex":
+        """Inverse of ``to_arrays``; metadata columns come from ``load_cols`` when first needed."""
         idx = cls()
-        idx.segments = list(doc["segments"])
+        idx.segments = list(segments)
         idx._seg_pos = {s: i for i, s in enumerate(idx.segments)}
-        idx.ids, idx.seg, idx.row, idx.n = doc["ids"], doc["seg"], doc["row"], doc["n"]
+        idx.ids = arrays["ids"].tolist()
+        idx.seg, idx.row, idx.n = arrays["seg"].tolist(), arrays["row"].tolist(), arrays["n"].tolist()
+        idx.nonfinite = arrays["nonfinite"].tolist()
         idx.pos = dict(zip(idx.ids, range(len(idx.ids))))
-        idx.nonfinite = [False] * len(idx.ids)
-        for i in doc["nonfinite"]:
-            idx.nonfinite[i] = True
-        idx.cols = {k: doc["meta"][k] for k in _META_FIELDS}
+        idx._cols, idx._load_cols = None, load_cols
         return idx
 
     # ---- lookups ----------------------------------------------------------------------

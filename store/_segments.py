@@ -7,10 +7,17 @@ A segment is a Zarr v3 group with three arrays that share their row axis:
 * ``times``     ``(R, 2)`` float64 start/end seconds;
 * ``frame_idx`` ``(R, 2)`` int64 first/last source frame.
 
-Writes go through zarr-python (whose local store replaces a shard file atomically), so a
-shard is always a valid Zarr shard. On local folders with uncompressed inner chunks, reads
-skip zarr-python: each shard's index is decoded once and rows are copied straight out of a
-read-only memory map of the shard file (``ShardMap``). Everything else reads with zarr-python.
+On local folders with uncompressed inner chunks (the default) both directions skip
+zarr-python. A shard file is created complete (temp file + rename): a sparse file whose
+chunks sit back to back at fixed offsets, with its final index and checksum already at the
+end, so it is a valid Zarr v3 shard from the moment it appears. Rows are then written in
+place with ``pwrite`` (committed rows are never touched again) and read by copying out of a
+shared read-only memory map after decoding the shard index once (``ShardMap``). The small
+``times`` / ``frame_idx`` chunk files are laid out and filled the same way.
+
+Compressed sets and fsspec URLs write and read through zarr-python, whose stores replace a
+shard file (or object) atomically; each writer owns its segment, so no shard is ever
+read-modify-written by two processes.
 """
 
 from __future__ import annotations
@@ -34,14 +41,12 @@ _INDEX_CRC_BYTES = 4
 TIME_CHUNK_ROWS = 1 << 16  # rows per chunk of the small times / frame_idx arrays
 
 
-def _replace_file(path: str, parts: tuple[Any, ...]) -> None:
-    """Write ``parts`` to a temporary file, then rename it over ``path`` (atomic on POSIX)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-    os.replace(tmp, path)
+def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
+    """Write all bytes of ``arr`` at ``offset``."""
+    view = memoryview(arr.reshape(-1).view(np.uint8))
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class CorruptDataError(StoreError):
@@ -140,9 +145,8 @@ class Segment:
         self.fast = local_root is not None and layout.compression == "none"
         self.dir = os.path.join(local_root, *key.split("/")) if local_root is not None else None
         self._arrays: dict[str, Any] = {}
-        self._shards: dict[int, tuple[int, ShardMap]] = {}
-        self._wbuf: dict[int, list[Any]] = {}  # shard being appended to: [rows buffer, rows filled]
-        self._tbuf: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # times / frame_idx chunk being appended to
+        self._shards: dict[int, ShardMap] = {}
+        self._fds: dict[str, int] = {}  # open write handles of the files being appended to
         self._times = np.zeros((0, 2), np.float64)
         self._frames = np.zeros((0, 2), np.int64)
         self.known_rows = 0  # rows committed per the index this process has loaded
@@ -164,9 +168,10 @@ class Segment:
                               compressors=None, fill_value=0, dimension_names=("row", "bound"))
         return cls(zstore, key, row_shape, dtype, layout, local_root, rows_per_shard)
 
-    def array(self, name: str) -> Any:
+    def array(self, name: str, rows: int = 0) -> Any:
+        """The zarr array ``name``, reopened when another writer has grown it past our copy's shape."""
         a = self._arrays.get(name)
-        if a is None:
+        if a is None or a.shape[0] < rows:
             a = self._arrays[name] = zarr.open_array(
                 store=self.zstore, path=f"{self.key}/{name}", mode="r" if self.zstore.read_only else "r+"
             )
@@ -192,74 +197,61 @@ class Segment:
         s = self.rows_per_shard
         for k in range(row0 // s, (end - 1) // s + 1):
             a, b = max(row0, k * s), min(end, (k + 1) * s)
-            self._write_shard(k, a, b, stored[a - row0:b - row0])
+            fd = self._file(self._chunk_path("feats", k, len(self.row_shape)), self._empty_shard)
+            _pwrite_all(fd, np.ascontiguousarray(stored[a - row0:b - row0]), (a - k * s) * self.row_bytes)
         tc = min(s, TIME_CHUNK_ROWS)
         for j in range(row0 // tc, (end - 1) // tc + 1):
             a, b = max(row0, j * tc), min(end, (j + 1) * tc)
-            self._write_time_chunk(j, tc, a, b, times[a - row0:b - row0], frames[a - row0:b - row0])
+            for name, vals, dt in (("times", times, "<f8"), ("frame_idx", frames, "<i8")):
+                fd = self._file(self._chunk_path(name, j, 1), lambda f, n=tc: f.truncate(n * 16))
+                _pwrite_all(fd, np.ascontiguousarray(vals[a - row0:b - row0], dtype=dt), (a - j * tc) * 16)
 
     def _chunk_path(self, name: str, k: int, ndim_rest: int) -> str:
         return os.path.join(self.dir, name, "c", str(k), *(["0"] * ndim_rest))
 
-    def _write_shard(self, k: int, a: int, b: int, rows: np.ndarray) -> None:
-        """Direct write of rows ``[a, b)`` into shard ``k``: the whole shard file is rebuilt from an
-        in-memory copy and replaces the old file atomically (a valid Zarr v3 shard either way)."""
-        s, c = self.rows_per_shard, self.layout.rows_per_chunk
-        buf = self._wbuf.get(k)
-        if buf is None:
-            buf = [np.zeros((s, *self.row_shape), self.dtype), 0]
-            path = self._chunk_path("feats", k, len(self.row_shape))
-            if os.path.exists(path):  # continue a shard written before (e.g. by an earlier failed call)
-                sm = ShardMap(path, s // c, self.chunk_bytes)
-                upto = min(s, self.known_rows - k * s) if self.known_rows > k * s else 0
-                for ci in range(-(-upto // c)):
-                    if sm.offsets[ci] >= 0:
-                        raw = sm.buf[sm.offsets[ci]:sm.offsets[ci] + self.chunk_bytes]
-                        buf[0][ci * c:(ci + 1) * c] = raw.view(self.dtype).reshape(c, *self.row_shape)
-                buf[1] = upto
-                sm.close()
-            self._wbuf = {k: buf}  # rows are appended: older shards are never touched again
-        buf[0][a - k * s:b - k * s] = rows
-        buf[1] = max(buf[1], b - k * s)
-        n_chunks = s // c
-        used = -(-buf[1] // c)
-        index = np.full((n_chunks, 2), _EMPTY, dtype="<u8")
-        index[:used, 0] = np.arange(used, dtype=np.uint64) * np.uint64(self.chunk_bytes)
-        index[:used, 1] = self.chunk_bytes
-        index_bytes = index.tobytes()
-        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
-        _replace_file(self._chunk_path("feats", k, len(self.row_shape)),
-                      (memoryview(buf[0].reshape(-1).view(np.uint8))[: used * self.chunk_bytes], index_bytes, crc))
-        self._shards.pop(k, None)
+    def _empty_shard(self, f: Any) -> None:
+        """Lay out a shard whose chunks sit back to back at fixed places, index already final.
 
-    def _write_time_chunk(self, j: int, tc: int, a: int, b: int, times: np.ndarray, frames: np.ndarray) -> None:
-        buf = self._tbuf.get(j)
-        if buf is None:
-            buf = (np.zeros((tc, 2), "<f8"), np.zeros((tc, 2), "<i8"))
-            path = self._chunk_path("times", j, 1)
-            if os.path.exists(path):
-                buf[0][:] = np.fromfile(path, "<f8").reshape(tc, 2)
-                buf[1][:] = np.fromfile(self._chunk_path("frame_idx", j, 1), "<i8").reshape(tc, 2)
-            self._tbuf = {j: buf}
-        buf[0][a - j * tc:b - j * tc] = times
-        buf[1][a - j * tc:b - j * tc] = frames
-        _replace_file(self._chunk_path("times", j, 1), (buf[0].tobytes(),))
-        _replace_file(self._chunk_path("frame_idx", j, 1), (buf[1].tobytes(),))
+        The file is sparse and reads as zeros until rows are written in place; it is a
+        valid Zarr v3 shard from the moment it appears, so writes never rewrite a file.
+        """
+        n_chunks = self.rows_per_shard // self.layout.rows_per_chunk
+        index = np.empty((n_chunks, 2), dtype="<u8")
+        index[:, 0] = np.arange(n_chunks, dtype=np.uint64) * np.uint64(self.chunk_bytes)
+        index[:, 1] = self.chunk_bytes
+        raw = index.tobytes()
+        f.truncate(n_chunks * self.chunk_bytes)
+        f.seek(n_chunks * self.chunk_bytes)
+        f.write(raw + np.array([google_crc32c.value(raw)], dtype="<u4").tobytes())
+
+    def _file(self, path: str, init: Any) -> int:
+        """A write handle on a fixed-size chunk file, created complete (temp file + rename) when new."""
+        fd = self._fds.get(path)
+        if fd is None:
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.{uuid.uuid4().hex}.partial"
+                with open(tmp, "wb") as f:
+                    init(f)
+                os.replace(tmp, path)
+            if len(self._fds) >= 8:  # rows are appended: earlier files are done
+                for old in list(self._fds)[:4]:
+                    os.close(self._fds.pop(old))
+            fd = self._fds[path] = os.open(path, os.O_WRONLY)
+        return fd
 
     # ---- reads ------------------------------------------------------------------------
-    def _shard(self, k: int, end: int) -> ShardMap:
-        """Shard ``k`` mapped so that it covers committed rows below ``end``."""
-        hit = self._shards.get(k)
-        if hit is not None and hit[0] >= end:
-            return hit[1]
-        if hit is not None:
-            hit[1].close()
+    def _shard(self, k: int) -> ShardMap:
+        """Shard ``k``, memory-mapped (a shared map: rows written later in place show up in it)."""
+        sm = self._shards.get(k)
+        if sm is not None:
+            return sm
         path = os.path.join(self.dir, "feats", "c", str(k), *(["0"] * len(self.row_shape)))
         try:
             sm = ShardMap(path, self.rows_per_shard // self.layout.rows_per_chunk, self.chunk_bytes)
         except FileNotFoundError:
             raise CorruptDataError(f"segment {self.key}: shard file {path} is missing") from None
-        self._shards[k] = (max(self.known_rows, end), sm)
+        self._shards[k] = sm
         return sm
 
     def read_into(self, a: int, b: int, out: np.ndarray) -> None:
@@ -267,7 +259,7 @@ class Segment:
         if b <= a:
             return
         if not self.fast:
-            out[...] = self.array("feats")[a:b]
+            out[...] = self.array("feats", b)[a:b]
             return
         flat = out.reshape(b - a, -1).view(np.uint8).reshape(-1)
         c, s, rb = self.layout.rows_per_chunk, self.rows_per_shard, self.row_bytes
@@ -275,7 +267,7 @@ class Segment:
         while pos < b:
             k = pos // s
             stop = min(b, (k + 1) * s)
-            sm = self._shard(k, stop)
+            sm = self._shard(k)
             r = pos - k * s
             last = (stop - 1 - k * s) // c
             while pos < stop:
@@ -303,24 +295,27 @@ class Segment:
 
     def read_zarr(self, a: int, b: int) -> np.ndarray:
         """Stored rows ``[a, b)`` read by zarr-python (the reference path)."""
-        return np.asarray(self.array("feats")[a:b])
+        return np.asarray(self.array("feats", b)[a:b])
 
     def times(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
         """``(times (n, 2), frame_idx (n, 2))`` of rows ``[a, b)``, from an in-memory copy."""
         have = len(self._times)
         if b > have:
             end = max(b, self.known_rows)
-            t = np.asarray(self.array("times")[have:end])
-            f = np.asarray(self.array("frame_idx")[have:end])
+            t = np.asarray(self.array("times", end)[have:end])
+            f = np.asarray(self.array("frame_idx", end)[have:end])
             self._times = np.concatenate([self._times, t]) if have else t
             self._frames = np.concatenate([self._frames, f]) if have else f
         return self._times[a:b], self._frames[a:b]
 
     def times_zarr(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.array("times")[a:b]), np.asarray(self.array("frame_idx")[a:b])
+        return np.asarray(self.array("times", b)[a:b]), np.asarray(self.array("frame_idx", b)[a:b])
 
     def close(self) -> None:
-        for _, sm in self._shards.values():
+        for sm in self._shards.values():
             sm.close()
         self._shards.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         self._arrays.clear()

@@ -22,6 +22,7 @@ new index, switches ``_index/CURRENT`` atomically, then deletes what it supersed
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import threading
@@ -96,7 +97,13 @@ class ZarrFeatureSet(FeatureSet):
             if files.exists(f"{key}/_index/CURRENT"):
                 gen = json.loads(files.read(f"{key}/_index/CURRENT"))["gen"]
                 doc = json.loads(files.read(f"{key}/_index/{gen}.json"))
-                index = VideoIndex.from_doc(doc["index"])
+                with np.load(io.BytesIO(files.read(f"{key}/_index/{gen}.npz"))) as z:
+                    arrays = {k: z[k] for k in z.files}
+
+                def load_cols(gen: str = gen) -> dict[str, list[Any]]:
+                    return json.loads(files.read(f"{key}/_index/{gen}.meta.json"))
+
+                index = VideoIndex.from_arrays(doc["segments"], arrays, load_cols)
                 consumed = {k: int(v) for k, v in doc["consumed"].items()}
             pending = []
             sizes = dict(consumed)
@@ -111,11 +118,11 @@ class ZarrFeatureSet(FeatureSet):
             pending.sort(key=lambda x: x[:3])
             index.apply_all(p[3] for p in pending)
             self._index, self._log_sizes = index, sizes
-            ends: dict[str, int] = {}
-            for s, r, n in zip(index.seg, index.row, index.n):
-                name = index.segments[s]
-                ends[name] = max(ends.get(name, 0), r + n)
-            for _, seg, _, r in pending:
+            seg_a, row_a, n_a = index.arrays()
+            end_a = np.zeros(len(index.segments), np.int64)
+            np.maximum.at(end_a, seg_a, row_a + n_a)
+            ends = dict(zip(index.segments, end_a.tolist()))
+            for _, seg, _, r in pending:  # overwritten rows count too: they stay on disk
                 ends[seg] = max(ends.get(seg, 0), r["r"] + r["n"])
             for name, seg_obj in self._segments.items():
                 seg_obj.known_rows = max(seg_obj.known_rows, ends.get(name, 0))
@@ -397,8 +404,12 @@ class ZarrFeatureSet(FeatureSet):
                                  "m": {k: idx.cols[k][i] for k in idx.cols}, "nf": idx.nonfinite[i]})
             if filled:
                 new.write(written, block[:filled], tblock[:filled], fblock[:filled])
-            doc = {"index": new_index.to_doc(), "consumed": self._log_sizes,
+            doc = {"segments": new_index.segments, "consumed": self._log_sizes,
                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+            npz = io.BytesIO()
+            np.savez(npz, **new_index.to_arrays())
+            files.write_atomic(f"{key}/_index/{name}.npz", npz.getvalue())
+            files.write_atomic(f"{key}/_index/{name}.meta.json", json.dumps(new_index.cols).encode())
             files.write_atomic(f"{key}/_index/{name}.json", json.dumps(doc).encode())
             files.write_atomic(f"{key}/_index/CURRENT", json.dumps({"gen": name}).encode())
             # the switch is done: drop what the new index superseded
@@ -412,7 +423,7 @@ class ZarrFeatureSet(FeatureSet):
                     files.rm(f"{key}/segments/{old}")
                     files.rm(log)
             for fname in files.listdir(f"{key}/_index"):
-                if fname.endswith(".json") and fname != f"{name}.json":
+                if fname != "CURRENT" and not fname.startswith(name + "."):
                     files.rm(f"{key}/_index/{fname}")
             for fname in files.listdir(f"{key}/_commits"):  # logs of segments that never got rows
                 seg_name = fname[: -len(".jsonl")]
