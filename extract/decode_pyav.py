@@ -121,8 +121,19 @@ class PyAVSource(VideoSource):
         self._iter = self._container.decode(self._stream)
         self._pos = -1  # unknown until the first frame's pts is seen
 
+    def _locate(self, frame) -> int:
+        """Index of a decoded frame from its pts (-1 when the pts is not in the packet table)."""
+        if not self._pts_ok or frame.pts is None:
+            return -1
+        k = int(np.searchsorted(self._pts, frame.pts))
+        return k if k < self._pts.shape[0] and self._pts[k] == frame.pts else -1
+
     def _next_frame(self, target: int):
-        """Next decoded frame and its index; sets ``self._pos`` past it."""
+        """Next decoded frame and its index; sets ``self._pos`` past it.
+
+        With trustworthy time stamps the index comes from the frame's pts (robust to frames a
+        decoder drops); otherwise it is the count of frames decoded since the start.
+        """
         try:
             frame = next(self._iter)
         except StopIteration:
@@ -130,12 +141,13 @@ class PyAVSource(VideoSource):
                 self.path, "truncated", f"stream ended after frame {self._pos - 1} while reading frame {target} "
                 f"of {self.info.n_frames}"
             ) from None
-        if self._pos == -1:  # right after a seek: locate the frame by its pts
-            k = int(np.searchsorted(self._pts, frame.pts)) if frame.pts is not None else -1
-            if k < 0 or k >= self._pts.shape[0] or self._pts[k] != frame.pts or k > target:
-                # The seek did not land where the index says: fall back to decoding from the start.
-                self._restart()
-                return self._next_frame(target)
+        k = self._locate(frame)
+        if self._pos == -1 and (k < 0 or k > target):
+            # Right after a seek the frame must be located and not past the target; otherwise
+            # the seek did not land where the index says: decode from the start instead.
+            self._restart()
+            return self._next_frame(target)
+        if k >= 0:
             self._pos = k
         idx = self._pos
         self._pos += 1
@@ -152,6 +164,8 @@ class PyAVSource(VideoSource):
                     frame, idx = self._next_frame(target)
                     if idx == target:
                         break
+                    if idx > target:
+                        raise DecodeError(self.path, "corrupt", f"the decoder produced no picture for frame {target}")
                 if frame.width != info.width or frame.height != info.height:
                     frame = frame.reformat(width=info.width, height=info.height)
                 out[j] = frame.to_ndarray(format="rgb24")
