@@ -440,6 +440,32 @@ def test_truncated_faststart_mp4_is_truncated(tmp_path):
         assert e.value.kind == "truncated", (backend, str(e.value))
 
 
+def test_mkv_cut_at_half_decodes_as_the_shorter_video_it_is(tmp_path, videos):
+    # MKV declares no frame count: a cut file is indistinguishable from a shorter video (documented)
+    path, written = videos["ffv1"]
+    blob = path.read_bytes()
+    cut = tmp_path / "half.mkv"
+    cut.write_bytes(blob[: len(blob) // 2])
+    for backend in ("decord", "pyav"):
+        with open_video(cut, backend=backend) as src:
+            n = src.info.n_frames
+            assert 0 < n < written.shape[0]
+            np.testing.assert_array_equal(src.read(np.arange(n)).frames, written[:n])
+
+
+def test_argument_errors_and_versions(videos):
+    path, _ = videos["ffv1"]
+    with pytest.raises(ValueError, match="flow"):
+        open_video(path, modality="flow")
+    with pytest.raises(ValueError, match="backend"):
+        open_video(path, backend="opencv")
+    with pytest.raises(DecodeError) as e:
+        open_video(path, backend="folder")
+    assert e.value.kind == "not_video"
+    v = decode_mod.decoder_versions()
+    assert v["pyav"].startswith(f"av {av.__version__}") and v["decord"].startswith("decord ")
+
+
 def test_decode_error_kinds_are_validated():
     with pytest.raises(ValueError):
         DecodeError("x.mp4", "weird", "no such kind")
