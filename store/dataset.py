@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable, Collection, Iterator, Sequence, Sized, Union
 
@@ -173,21 +174,33 @@ class _FeatureSetDataset(Dataset):
         self.n_rows = table["n_rows"].astype(np.int64)
         self.dtype = dtype
         self.lazy.release()  # no open handle is inherited by forked workers
-        self._cache: tuple[str, VideoRows] | None = None
+        self.cache_rows = 0
+        self._cache: collections.OrderedDict[str, VideoRows] = collections.OrderedDict()
+        self._cached_rows = 0
         self._cache_pid: int | None = None
 
     def _read(self, video_id: str) -> VideoRows:
-        if self._cache is None or self._cache[0] != video_id or self._cache_pid != os.getpid():
-            self._cache = (video_id, self.lazy.get().read(video_id))
-            self._cache_pid = os.getpid()
-        return self._cache[1]
+        """All rows of a video, through an LRU cache of whole videos holding up to ``cache_rows`` rows."""
+        if self._cache_pid != os.getpid():  # a new worker starts with an empty cache
+            self._cache, self._cached_rows, self._cache_pid = collections.OrderedDict(), 0, os.getpid()
+        rows = self._cache.get(video_id)
+        if rows is not None:
+            self._cache.move_to_end(video_id)
+            return rows
+        rows = self.lazy.get().read(video_id)
+        self._cache[video_id] = rows
+        self._cached_rows += len(rows)
+        while self._cached_rows > self.cache_rows and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached_rows -= len(old)
+        return rows
 
     def _tensor(self, feats: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(feats)).to(self.dtype)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_cache"] = None
+        state.update(_cache=collections.OrderedDict(), _cached_rows=0, _cache_pid=None)
         return state
 
 
@@ -295,14 +308,17 @@ class RowDataset(_FeatureSetDataset):
 
     Index ``i`` runs over the rows of the selected videos in order (video by video,
     row by row), so consecutive indices are rows stored next to each other; pair it
-    with ``ChunkShuffleSampler`` for large sets. The last video read is cached per
-    worker, so reading a video's rows one by one reads it once.
+    with ``ChunkShuffleSampler`` for large sets. Whole videos are kept in a per-worker
+    LRU cache of ``cache_rows`` rows: with ``cache_rows >= block_size * buffer_blocks``
+    of the sampler, every video is read from the store once per epoch.
 
     Items are dicts: ``feats`` (*row_shape) tensor, ``label`` int, ``domain`` str,
     ``video_id`` str, ``video_index`` int, ``row`` int (row within its video),
     ``start`` / ``end`` float seconds.
 
-    Args: as ``VideoSequenceDataset`` (without ``drop_empty``: empty videos add no rows).
+    Args: as ``VideoSequenceDataset`` (without ``drop_empty``: empty videos add no rows),
+        plus ``cache_rows``: rows of whole videos kept in memory per worker (at least the
+        largest video is always kept).
     """
 
     def __init__(
@@ -316,11 +332,13 @@ class RowDataset(_FeatureSetDataset):
         video_ids: Sequence[str] | None = None,
         allow_stale: bool = False,
         dtype: torch.dtype = torch.float32,
+        cache_rows: int = 8192,
     ) -> None:
         super().__init__(
             store, set_name, split=split, domain=domain, labels=labels, video_ids=video_ids,
             allow_stale=allow_stale, dtype=dtype,
         )
+        self.cache_rows = int(cache_rows)
         self.offsets = np.zeros(len(self.video_ids) + 1, dtype=np.int64)
         np.cumsum(self.n_rows, out=self.offsets[1:])
 
@@ -358,17 +376,26 @@ class ChunkShuffleSampler(Sampler[int]):
     """Shuffle blocks of consecutive indices, then shuffle inside a buffer of blocks.
 
     Each epoch visits every index exactly once. The block order is a fresh
-    permutation; ``buffer_blocks`` blocks at a time are merged and shuffled, so any
-    ``block_size * buffer_blocks`` consecutive draws touch at most ``buffer_blocks``
-    blocks of on-disk-contiguous rows (read mostly sequentially, one buffer in RAM).
+    permutation; ``buffer_blocks`` blocks at a time are merged and shuffled, so the
+    draws of one buffer touch only ``buffer_blocks`` blocks of on-disk-contiguous rows
+    (read mostly sequentially, one buffer in RAM).
+
+    When the data source has video boundaries (``RowDataset.offsets``, or
+    ``boundaries``), blocks are cut only between videos: a block is the run of whole
+    videos reaching ``block_size`` rows, so each video lies in exactly one buffer and a
+    ``RowDataset`` with ``cache_rows >= buffer_blocks * (block_size + longest video)``
+    reads every video once per epoch.
 
     Args:
-        data_source: the dataset (its ``len``) or the number of indices.
-        block_size: indices per block; match it to the store's chunk (rows per shard
-            read) for best locality.
+        data_source: the dataset (its ``len``, and its ``offsets`` when it has them) or
+            the number of indices.
+        block_size: indices per block (at least; whole videos are kept together); match
+            it to the store's chunk for best locality.
         buffer_blocks: blocks merged and shuffled together (the shuffle's reach).
         seed: base seed; epoch ``e`` uses ``seed + e``.
         shuffle: False yields ``0..n-1`` in order (for evaluation).
+        boundaries: ``(V+1,)`` increasing offsets from 0 to ``n`` where blocks may be
+            cut; default ``data_source.offsets`` when present, else anywhere.
 
     Example:
         >>> s = ChunkShuffleSampler(10, block_size=4, buffer_blocks=2, seed=0)
@@ -384,14 +411,30 @@ class ChunkShuffleSampler(Sampler[int]):
         buffer_blocks: int = 8,
         seed: int = 0,
         shuffle: bool = True,
+        boundaries: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if block_size < 1 or buffer_blocks < 1:
             raise ValueError(f"block_size ({block_size}) and buffer_blocks ({buffer_blocks}) must be >= 1")
         self.n = int(data_source) if isinstance(data_source, (int, np.integer)) else len(data_source)
         self.block_size, self.buffer_blocks = int(block_size), int(buffer_blocks)
         self.seed, self.shuffle = int(seed), shuffle
+        if boundaries is None:
+            boundaries = getattr(data_source, "offsets", None)
+        self.block_starts = self._cut_blocks(boundaries)  # (n_blocks + 1,) block edges
         self.epoch = 0
         self._epoch_set = False
+
+    def _cut_blocks(self, boundaries: Sequence[int] | np.ndarray | None) -> np.ndarray:
+        if boundaries is None:
+            return np.append(np.arange(0, self.n, self.block_size), self.n).astype(np.int64)
+        cuts = np.unique(np.asarray(boundaries, dtype=np.int64))
+        if len(cuts) == 0 or cuts[0] != 0 or cuts[-1] != self.n:
+            raise ValueError(f"boundaries must run from 0 to {self.n} (the number of indices)")
+        edges = [0]
+        for c in cuts[1:]:
+            if c - edges[-1] >= self.block_size or c == self.n:
+                edges.append(int(c))
+        return np.asarray(edges if self.n else [0], dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the epoch (its permutation); otherwise each iteration advances it by one."""
@@ -407,11 +450,9 @@ class ChunkShuffleSampler(Sampler[int]):
         rng = np.random.default_rng(self.seed + self.epoch)
         if not self._epoch_set:
             self.epoch += 1
-        n_blocks = -(-self.n // self.block_size)
-        blocks = rng.permutation(n_blocks)
-        for g in range(0, n_blocks, self.buffer_blocks):
-            idx = np.concatenate(
-                [np.arange(b * self.block_size, min((b + 1) * self.block_size, self.n)) for b in blocks[g : g + self.buffer_blocks]]
-            )
+        edges = self.block_starts
+        blocks = rng.permutation(len(edges) - 1)
+        for g in range(0, len(blocks), self.buffer_blocks):
+            idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in blocks[g : g + self.buffer_blocks]])
             rng.shuffle(idx)
             yield from idx.tolist()

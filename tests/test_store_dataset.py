@@ -199,3 +199,47 @@ def test_workers_with_zarr_path(zarr_path, ctx):
                         sampler=ChunkShuffleSampler(rows, block_size=4, buffer_blocks=2, seed=1))
     got = sorted(torch.cat([b["feats"][:, 0] for b in loader]).tolist())
     assert got == sorted(float(100 * i + r) for i, n in enumerate(LENGTHS) for r in range(n))
+
+
+def _many_videos_store() -> MemoryStore:
+    store = MemoryStore()
+    fs = store.create_set(FeatureSetInfo(name=SET, row_shape=(2,), dtype="float32"))
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        n = int(rng.integers(1, 11))
+        fs.write_video(VideoRows(np.full((n, 2), i, np.float32), np.arange(n), np.arange(n) + 1.0), VideoMeta(f"v{i}"))
+    return store
+
+
+def test_sampler_blocks_hold_whole_videos():
+    ds = RowDataset(_many_videos_store(), SET)
+    s = ChunkShuffleSampler(ds, block_size=16, buffer_blocks=2, seed=0)
+    edges = s.block_starts
+    assert edges[0] == 0 and edges[-1] == len(ds) and set(edges) <= set(ds.offsets.tolist())
+    assert all(b - a >= 16 for a, b in zip(edges[:-2], edges[1:-1]))  # all but the last block reach block_size
+    order = list(s)
+    assert sorted(order) == list(range(len(ds)))
+    with pytest.raises(ValueError):
+        ChunkShuffleSampler(10, boundaries=[0, 5])
+
+
+def test_row_dataset_reads_each_video_once_per_epoch_with_cache():
+    def reads_per_epoch(cache_rows: int) -> tuple[int, list[float]]:
+        ds = RowDataset(_many_videos_store(), SET, cache_rows=cache_rows)
+        fs = ds.lazy.get()
+        calls = []
+        read = fs.read
+        fs.read = lambda vid, *a, **k: calls.append(vid) or read(vid, *a, **k)
+        sampler = ChunkShuffleSampler(ds, block_size=16, buffer_blocks=2, seed=5)
+        values = [ds[i]["feats"][0].item() for i in sampler]
+        return len(calls), values
+
+    store = _many_videos_store()
+    n_rows = sum(store.open_set(SET).n_rows(v) for v in store.open_set(SET).video_ids())
+    cache_rows = 2 * (16 + 10)  # buffer_blocks * (block_size + longest video)
+    assert cache_rows < n_rows / 2
+    n_reads, values = reads_per_epoch(cache_rows)
+    assert n_reads == 40
+    assert sorted(values) == sorted(float(i) for i in range(40) for _ in range(store.open_set(SET).n_rows(f"v{i}")))
+    n_reads_small, values_small = reads_per_epoch(cache_rows=0)  # keeps one video: re-reads as the draws hop
+    assert values_small == values and n_reads_small > 40
