@@ -548,6 +548,28 @@ def test_safe_decoder_chunked_requests_reuse_the_source_but_see_file_changes(tmp
         np.testing.assert_array_equal(got.frames, second)
 
 
+class _DecodeInWorker:
+    """Map-style dataset that decodes with a SafeDecoder created inside the DataLoader worker."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        with SafeDecoder(timeout_s=60) as sd:  # daemonic process: multiprocessing children are not allowed
+            return sd.decode(self.path, indices=np.array([2, 4])).frames
+
+
+def test_safe_decoder_starts_inside_a_daemonic_dataloader_worker(videos):
+    import torch.utils.data as tud
+
+    path, written = videos["ffv1"]
+    (batch,) = list(tud.DataLoader(_DecodeInWorker(path), batch_size=None, num_workers=1))
+    np.testing.assert_array_equal(np.asarray(batch), written[[2, 4]])
+
+
 def test_safe_decoder_pickles_without_its_worker(videos):
     sd = SafeDecoder(timeout_s=5.0, backend="pyav")
     clone = pickle.loads(pickle.dumps(sd))
