@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import zarr
+from zarr.errors import ContainsGroupError
 
 from ._files import Appender, Files
 from ._index import VideoIndex, encode_record, meta_record, parse_log
@@ -607,9 +608,12 @@ class ZarrStore(FeatureStore):
         layout = Layout.default(row_bytes, compression, rows_per_chunk)
         for k in range(1, len(parts)):
             zarr.open_group(store=self.zstore, path="/".join(parts[:k]), mode="a", zarr_format=3)
-        g = zarr.open_group(store=self.zstore, path=info.name, mode="w-", zarr_format=3)
-        zarr.open_group(store=self.zstore, path=f"{info.name}/segments", mode="w-", zarr_format=3)
-        g.attrs.update({"featbank_set": info.to_dict(), "featbank_layout": layout.to_dict()})
+        try:  # one metadata write: other processes never see the set without its attributes
+            zarr.create_group(store=self.zstore, path=info.name, zarr_format=3, overwrite=False,
+                              attributes={"featbank_set": info.to_dict(), "featbank_layout": layout.to_dict()})
+        except ContainsGroupError:  # another rank created it meanwhile
+            return self.create_set(info, exist_ok=True)
+        zarr.open_group(store=self.zstore, path=f"{info.name}/segments", mode="a", zarr_format=3)
         return self.open_set(info.name, allow_stale=True)
 
     def open_set(self, name: str, *, allow_stale: bool = False) -> ZarrFeatureSet:
