@@ -13,6 +13,7 @@ Parameter names follow the public pytorch-i3d layout (``Conv3d_1a_7x7.conv3d.wei
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -206,6 +207,20 @@ class InceptionI3d(VideoBackbone):
 
     def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self._logits_map(feats).mean(dim=(3, 4)).transpose(1, 2)  # -> (B, T'', K)
+
+    def fused_for_inference(self, *, channels_last: bool = True) -> "InceptionI3d":
+        """An inference copy: BatchNorm folded into the convolutions, eval mode, no grads,
+        optionally channels_last_3d weights. ``spec`` (and its weights id) is unchanged:
+        the folded copy computes the same function as the loaded weights."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        fused = copy.deepcopy(self).eval()
+        for unit in fused.modules():
+            if isinstance(unit, Unit3D) and unit.bn is not None:
+                unit.conv3d, unit.bn = fuse_conv_bn_eval(unit.conv3d, unit.bn), None
+        for p in fused.parameters():
+            p.requires_grad_(False)
+        return fused.to(memory_format=torch.channels_last_3d) if channels_last else fused
 
 
 def create_i3d(*, name: str = "i3d-rgb", in_channels: int = 3, num_classes: int = 400) -> InceptionI3d:
