@@ -27,6 +27,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli_extract",
     "featbank.experiments.cli_bank",
     "featbank.experiments.cli_run",
+    "featbank.experiments.cli_classify",
 )
 
 
