@@ -1,0 +1,98 @@
+"""Several processes write different videos into one store at once; compaction keeps every value."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+
+import numpy as np
+
+from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
+
+WRITER = '''
+import os
+import sys
+import time
+import numpy as np
+from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
+
+path, rank, world, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+store = open_store(path, mode="a")
+fs = store.create_set(FeatureSetInfo("shared/feats", (48,), "float32"))
+# start barrier: every rank has created/opened the set before anyone writes
+open(f"{path}.ready{rank}", "w").close()
+while not all(os.path.exists(f"{path}.ready{r}") for r in range(world)):
+    time.sleep(0.01)
+for i in range(rank, n, world):
+    rng = np.random.default_rng(i)
+    k = 1 + i % 9
+    feats = rng.standard_normal((k, 48)).astype(np.float32)
+    fs.write_video(VideoRows(feats, np.arange(k) * 1.0, np.arange(k) + 1.0), VideoMeta(f"v{i:04d}", labels=(rank,)))
+store.record_failure("shared/feats", f"broken-{rank}", "decode_crash", f"rank {rank} could not decode")
+store.close()
+'''
+
+
+def expected(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    return rng.standard_normal((1 + i % 9, 48)).astype(np.float32)
+
+
+def _check_all(path, n: int, world: int) -> None:
+    with open_store(path, mode="r") as st:
+        assert st.validate() == []
+        fs = st.open_set("shared/feats")
+        assert sorted(fs.video_ids()) == [f"v{i:04d}" for i in range(n)]
+        for vid, got in zip(fs.video_ids(), fs.read_many(fs.video_ids())):
+            i = int(vid[1:])
+            np.testing.assert_array_equal(got.feats, expected(i))
+            assert fs.meta(vid).labels == (i % world,)
+        assert sorted(f["video_id"] for f in st.failures()) == [f"broken-{r}" for r in range(world)]
+
+
+def test_two_processes_write_one_store_then_compact(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path, n, world = tmp_path / "store.zarr", 400, 2
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(r), str(world), str(n)],
+                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    _check_all(path, n, world)
+    with open_store(path) as st:
+        fs = st.open_set("shared/feats")
+        assert len(fs.index.segments) == world  # one segment per writer, never shared
+        st.compact()
+    _check_all(path, n, world)
+
+
+def _forked_writer(store, rank: int) -> None:
+    fs = store.open_set("shared/feats")
+    for i in range(rank, 60, 3):
+        k = 1 + i % 9
+        fs.write_video(VideoRows(expected(i), np.arange(k) * 1.0, np.arange(k) + 1.0),
+                       VideoMeta(f"v{i:04d}", labels=(i % 3,)))
+    store.record_failure("shared/feats", f"broken-{rank}", "decode_crash", "x")
+
+
+def test_forked_children_get_their_own_segments(tmp_path):
+    """A store handle that already wrote, inherited through fork, never shares its segment."""
+    path = tmp_path / "store.zarr"
+    store = open_store(path, mode="w")
+    store.create_set(FeatureSetInfo("shared/feats", (48,), "float32"))
+    _forked_writer(store, 0)  # the parent writes first: it owns a writer segment before forking
+    ctx = mp.get_context("fork")
+    children = [ctx.Process(target=_forked_writer, args=(store, r)) for r in (1, 2)]
+    for c in children:
+        c.start()
+    for c in children:
+        c.join(60)
+        assert c.exitcode == 0
+    store.close()
+    _check_all(path, 60, 3)
+    with open_store(path) as st:
+        assert len(st.open_set("shared/feats").index.segments) == 3
+        st.compact()
+    _check_all(path, 60, 3)
