@@ -95,7 +95,14 @@ def cmd_import(args: argparse.Namespace) -> int:
         domain=args.domain,
         fps=args.fps,
     )
-    importer = import_npy if args.format == "npy" else import_hdf5
+    if args.format == "hdf5":
+        importer, kwargs["key"] = import_hdf5, args.key
+    else:
+        if args.key is not None:
+            from featbank.store.errors import ImportFormatError
+
+            raise ImportFormatError("--key applies to hdf5 sources only (an npy folder has one array per file)")
+        importer = import_npy
     with _open(args.path, "a") as store:
         rep = importer(store, args.src, args.set, **kwargs)
     how = "with featbank provenance (exact)" if rep.exact else "as plain arrays (timestamps from row index)"
@@ -220,6 +227,8 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--split", default="", help="plain inputs: split of every video")
     p.add_argument("--domain", default="", help="plain inputs: domain of every video")
     p.add_argument("--fps", type=float, default=math.nan, help="plain inputs: source fps of every video")
+    p.add_argument("--key", metavar="DATASET", help="plain hdf5: read /VIDEO_ID/DATASET only, the group being the video "
+                   "(e.g. c3d_features for the ActivityNet release)")
     p.set_defaults(func=cmd_import)
 
     p = g.add_parser(

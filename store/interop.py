@@ -712,16 +712,20 @@ def _h5_sources_featbank(f: Any, where: str) -> list[_SourceVideo]:
 
 
 def _h5_sources_plain(
-    f: Any, where: str, *, labels: Mapping[str, Any] | None, split: str, domain: str, fps: float
+    f: Any, where: str, *, key: str | None, labels: Mapping[str, Any] | None, split: str, domain: str, fps: float
 ) -> list[_SourceVideo]:
     import h5py
 
     datasets: list[tuple[str, Any]] = []
     f.visititems(lambda n, obj: datasets.append((n, obj)) if isinstance(obj, h5py.Dataset) else None)
+    if key is not None:  # ActivityNet-style /VIDEO_ID/KEY: the group is the video
+        datasets = [(n.rsplit("/", 1)[0], ds) for n, ds in datasets if "/" in n and n.rsplit("/", 1)[1] == key]
+        if not datasets:
+            raise ImportFormatError(f"{where}: no dataset named {key!r} inside a group (expected /VIDEO_ID/{key})")
     sources = []
     for name, ds in datasets:
         meta = VideoMeta(name, source=f"{where}:/{name}", labels=_labels_for(labels, name), split=split, domain=domain, fps=fps)
-        s = _SourceVideo(name, f"{where}:/{name}", tuple(ds.shape), ds.dtype, _h5_loader(ds), meta, None)
+        s = _SourceVideo(name, f"{where}:{ds.name}", tuple(ds.shape), ds.dtype, _h5_loader(ds), meta, None)
         _check_numeric(s)  # names the first non-numeric dataset
         sources.append(s)
     return sources
@@ -744,13 +748,16 @@ def import_hdf5(
     split: str = "",
     domain: str = "",
     fps: float = math.nan,
+    key: str | None = None,
 ) -> ImportReport:
     """Import an HDF5 file (one dataset per video) into feature set ``name``.
 
     A file written by ``export_hdf5`` restores provenance, metadata and timestamps
     exactly. Any other file is read as plain: every dataset (at any depth) is a video
-    whose id is its path, timestamps come from the row index. The keyword arguments
-    mean the same as in ``import_npy``.
+    whose id is its path, timestamps come from the row index. With ``key`` (e.g.
+    ``"c3d_features"`` for the ActivityNet release) only datasets ``/VIDEO_ID/KEY`` are
+    read and the group path is the video id. The other keyword arguments mean the same
+    as in ``import_npy``.
 
     Raises:
         ImportFormatError: non-numeric datasets (named), mixed row shapes, wrong
@@ -780,7 +787,7 @@ def import_hdf5(
             carried = _info_with_name(info_dict, name, str(path))
             sources = _h5_sources_featbank(f, str(path))
         else:
-            sources = _h5_sources_plain(f, str(path), labels=labels, split=split, domain=domain, fps=fps)
+            sources = _h5_sources_plain(f, str(path), key=key, labels=labels, split=split, domain=domain, fps=fps)
         plain = _plain_info_factory(name, str(path), "hdf5", dtype=dtype, level=level, row_seconds=row_seconds, extra={})
         return _import_sources(
             store,

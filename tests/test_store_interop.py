@@ -321,3 +321,22 @@ def test_failed_import_into_zarr_commits_nothing(tmp_path):
         fs = again.open_set(SET)
         assert fs.video_ids() == list(before) and all(fs.read(v).equals(r) for v, r in before.items())
         assert again.validate() == []
+
+
+def test_hdf5_group_per_video_with_key(tmp_path):
+    """ActivityNet-style files: /VIDEO_ID/c3d_features, other datasets ignored."""
+    path = tmp_path / "anet.h5"
+    feats = {"v_abc": np.arange(10, dtype=np.float32).reshape(2, 5), "v_def": np.ones((3, 5), np.float32)}
+    with h5py.File(path, "w") as f:
+        for vid, arr in feats.items():
+            f[f"{vid}/c3d_features"] = arr
+            f[f"{vid}/names"] = np.array([b"x"])  # non-numeric, but not the selected key
+    store = MemoryStore()
+    rep = import_hdf5(store, path, "anet", key="c3d_features", row_seconds=0.5)
+    assert rep.written == 2
+    fs = store.open_set("anet")
+    assert sorted(fs.video_ids()) == ["v_abc", "v_def"]
+    for vid, arr in feats.items():
+        np.testing.assert_array_equal(fs.read(vid).feats, arr)
+    with pytest.raises(ImportFormatError, match="no dataset named 'missing'"):
+        import_hdf5(MemoryStore(), path, "x", key="missing")
