@@ -8,6 +8,8 @@ import math
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from featbank.store import (
     FeatureSetInfo,
@@ -340,3 +342,35 @@ def test_hdf5_group_per_video_with_key(tmp_path):
         np.testing.assert_array_equal(fs.read(vid).feats, arr)
     with pytest.raises(ImportFormatError, match="no dataset named 'missing'"):
         import_hdf5(MemoryStore(), path, "x", key="missing")
+
+
+_ID_PART = st.text(alphabet="abcXYZ019_- .", min_size=1, max_size=6).filter(lambda p: p.strip(".") != "" and p not in ("_featbank",))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    videos=st.dictionaries(
+        st.lists(_ID_PART, min_size=1, max_size=2).map("/".join), st.integers(0, 6), min_size=1, max_size=5
+    ),
+    fmt=st.sampled_from(["npy", "hdf5"]),
+    dtype=st.sampled_from(["float16", "float32", "bfloat16"]),
+)
+def test_round_trip_property(tmp_path_factory, videos, fmt, dtype):
+    """Any ragged set whose ids are valid relative paths (no id a folder of another) survives export + import."""
+    ids = sorted(videos)
+    assume(not any(b.startswith(a + "/") for a in ids for b in ids))
+    tmp = tmp_path_factory.mktemp("prop")
+    fs = MemoryStore().create_set(_info(dtype, (3,)))
+    rng = np.random.default_rng(len(ids))
+    for vid in ids:
+        n = videos[vid]
+        t = np.sort(rng.uniform(0, 10, n))
+        fs.write_video(VideoRows(rng.standard_normal((n, 3)) * 100, t, t + 0.5), VideoMeta(vid, labels=(n,)))
+    dst = MemoryStore()
+    if fmt == "npy":
+        export_npy(fs, tmp / "out")
+        import_npy(dst, tmp / "out", "copy")
+    else:
+        export_hdf5(fs, tmp / "out.h5")
+        import_hdf5(dst, tmp / "out.h5", "copy")
+    _assert_same_set(fs, dst.open_set("copy"))
