@@ -47,14 +47,8 @@ def _fps(text: str) -> float | str:
         return text
 
 
-def register(sub, groups) -> None:
-    p = sub.add_parser(
-        "extract",
-        help="run a backbone over a manifest of videos into a feature store",
-        description="Extract features of every video in a manifest into one feature set of a store "
-        "(resumable; failures are logged in the store; exit code 2 when any video failed).",
-    )
-    p.add_argument("items", nargs="*", metavar="CONFIG.yaml|key=value",
+def _add_extract_arguments(p: argparse.ArgumentParser, items_nargs: Any) -> None:
+    p.add_argument("items", nargs=items_nargs, metavar="CONFIG.yaml|key=value",
                    help="an extraction config (configs/extract/*.yaml) and key=value overrides")
     p.add_argument("--manifest", help="manifest file or CLASS/VIDEO directory tree")
     p.add_argument("--manifest-format", choices=("auto", "path_label", "csv", "mmaction", "tree"))
@@ -84,6 +78,19 @@ def register(sub, groups) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--traceback", action="store_true", help="show tracebacks of user errors")
+
+
+def register(sub, groups) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="run a backbone over a manifest of videos into a feature store",
+        description="Extract features of every video in a manifest into one feature set of a store "
+        "(resumable; failures are logged in the store; exit code 2 when any video failed). "
+        "Flags and key=value overrides may be mixed in any order after the config.",
+    )
+    # Everything after the first positional is re-parsed with parse_intermixed_args, so that
+    # flags and key=value overrides can be mixed freely.
+    _add_extract_arguments(p, argparse.REMAINDER)
     p.set_defaults(func=cmd_extract)
 
     v = groups["store"].add_parser(
@@ -96,16 +103,32 @@ def register(sub, groups) -> None:
     v.add_argument("--set", required=True, help="feature-set name")
     v.add_argument("-n", type=int, default=3, help="videos to re-extract (default 3)")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides of the recorded config, e.g. device=cpu workers=0")
+    v.add_argument("-o", "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the recorded config, e.g. -o device=cpu -o workers=0 (repeatable)")
     v.add_argument("--traceback", action="store_true")
     v.set_defaults(func=cmd_verify)
+
+
+def _merge_remainder(args: argparse.Namespace) -> argparse.Namespace:
+    """Parse the items after the config (flags and key=value mixed) over the leading flags."""
+    inner = argparse.ArgumentParser(prog="featbank extract", add_help=False)
+    _add_extract_arguments(inner, "*")
+    later = inner.parse_intermixed_args(list(args.items))
+    merged = argparse.Namespace(**vars(args))
+    for key, value in vars(later).items():
+        if key == "items":
+            merged.items = list(value)
+        elif value not in (None, False):
+            setattr(merged, key, value)
+    return merged
 
 
 def resolve_config(args: argparse.Namespace) -> Any:
     """The ``ExtractConfig`` of a parsed ``featbank extract`` command line."""
     from featbank.experiments.config import ConfigError, from_dict, load_config, to_dict
     from featbank.extract.job import ExtractConfig
+
+    args = _merge_remainder(args)
 
     files = [i for i in args.items if "=" not in i]
     overrides = [i for i in args.items if "=" in i]
@@ -128,6 +151,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from featbank.extract.job import run_extraction
 
     cfg = resolve_config(args)
+    args = _merge_remainder(args)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

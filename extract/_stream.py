@@ -132,10 +132,10 @@ class _Reader:
         self.source = None
 
     def info(self):
+        if self.safe is not None:
+            return self.safe.probe(self.task.path, modality=self.opts.modality)
         from .decode import open_video
 
-        # Header reads are cheap and do not hang in practice; frame decoding goes through
-        # the timeout worker.
         with open_video(self.task.path, backend=self.opts.decoder, modality=self.opts.modality) as src:
             return src.info
 

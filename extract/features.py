@@ -118,7 +118,7 @@ def window_positions(n_frames: int, sampling: Sampling) -> np.ndarray:
     elif s.sampler == "tsn":
         pos = SAMPLERS["tsn"](n_frames, s.num_segments, clip_len=s.clip_len)
     elif s.sampler == "dense":
-        pos = SAMPLERS["dense"](n_frames, clip_len=s.clip_len)
+        pos = SAMPLERS["dense"](n_frames, clip_len=s.clip_len, frame_stride=s.frame_stride)
     else:
         pos = SAMPLERS["whole"](n_frames)
     pos = np.asarray(pos, dtype=np.int64)

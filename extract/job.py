@@ -86,7 +86,7 @@ class ExtractConfig:
         split: split name written into every video's metadata.
         domain: domain name written into every video's metadata.
         threads: torch intra-op threads of the model process (0: torch's default).
-        seed: seed of ``verify``'s sample.
+        seed: seed of random-init weights and of ``verify``'s sample.
     """
 
     manifest: str = ""
@@ -358,12 +358,14 @@ def build_model(cfg: ExtractConfig, device):
     """The backbone of ``cfg`` in eval mode on ``device``."""
     from .backbones import create_backbone
 
+    import torch
+
     weights = None if cfg.weights in (None, "random", "none") else cfg.weights
-    model = create_backbone(cfg.backbone, weights=weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # random-init backbones are reproducible (verify, resume, ranks)
+        model = create_backbone(cfg.backbone, weights=weights)
     model.eval().to(device)
     if device.type == "cuda":
-        import torch
-
         model.to(memory_format=torch.channels_last_3d)
     return model
 
