@@ -1,6 +1,7 @@
 """featbank.store: the Zarr feature store (imports none of extract, heads, experiments)."""
 
-from .base import FeatureSet, FeatureStore
+from ._segments import CorruptDataError
+from .base import FAILURE_KEYS, META_COLUMNS, FeatureSet, FeatureStore, iter_rows_of
 from .errors import (
     DimensionMismatchError,
     FeatureSetConflictError,
@@ -14,7 +15,15 @@ from .errors import (
     UnknownVideoError,
     VideoConflictError,
 )
+from .memory import MemoryFeatureSet, MemoryStore
 from .schema import SCHEMA_VERSION, BackboneSpec, FeatureSetInfo, VideoMeta, VideoRows
-from .base import FAILURE_KEYS, META_COLUMNS
-from .memory import MemoryStore
 from .zarr_store import COMPRESSIONS, ZarrFeatureSet, ZarrStore, open_store
+
+__all__ = [
+    "COMPRESSIONS", "FAILURE_KEYS", "META_COLUMNS", "SCHEMA_VERSION",
+    "BackboneSpec", "FeatureSet", "FeatureSetInfo", "FeatureStore", "MemoryFeatureSet", "MemoryStore",
+    "VideoMeta", "VideoRows", "ZarrFeatureSet", "ZarrStore", "iter_rows_of", "open_store",
+    "CorruptDataError", "DimensionMismatchError", "FeatureSetConflictError", "ImportFormatError",
+    "NonFiniteError", "NotAStoreError", "SchemaVersionError", "StaleFeaturesError", "StoreError",
+    "UnknownFeatureSetError", "UnknownVideoError", "VideoConflictError",
+]
