@@ -243,3 +243,17 @@ def test_row_dataset_reads_each_video_once_per_epoch_with_cache():
     assert sorted(values) == sorted(float(i) for i in range(40) for _ in range(store.open_set(SET).n_rows(f"v{i}")))
     n_reads_small, values_small = reads_per_epoch(cache_rows=0)  # keeps one video: re-reads as the draws hop
     assert values_small == values and n_reads_small > 40
+
+
+def test_open_zarr_store_instance_is_reopened_in_forked_workers(zarr_path):
+    from featbank.store import open_store
+
+    with open_store(zarr_path, mode="r") as store:
+        ds = VideoSequenceDataset(store, SET, domain="src")
+        state = ds.lazy.__getstate__()
+        assert state["_instance"] is None and state["_path"] == str(zarr_path)  # pickles as a path only
+        loader = DataLoader(ds, batch_size=2, collate_fn=collate_padded, num_workers=2, multiprocessing_context="fork")
+        got = {v: b["feats"][k, : b["lengths"][k]] for b in loader for k, v in enumerate(b["video_id"])}
+    assert sorted(got) == ["v0", "v2", "v4", "v6"]
+    for vid, feats in got.items():
+        torch.testing.assert_close(feats, torch.from_numpy(_video(int(vid[1:]))[0].feats))
