@@ -362,7 +362,7 @@ def _import_sources(
 
 
 def _plain_info_factory(
-    name: str, src: str, fmt: str, *, dtype: str | None, level: str, row_seconds: float, extra: Mapping[str, Any]
+    name: str, src: str, fmt: str, *, dtype: str | None, level: str, row_seconds: float
 ) -> Callable[[tuple[int, ...], str], FeatureSetInfo]:
     def make(row_shape: tuple[int, ...], guessed_dtype: str) -> FeatureSetInfo:
         return FeatureSetInfo(
@@ -376,7 +376,7 @@ def _plain_info_factory(
                 "timestamps": "derived from the row index: start = row * row_seconds, end = start + row_seconds",
                 "frame_idx": "unknown (-1)",
             },
-            extra={"source": src, **dict(extra)},
+            extra={"source": src},
         )
 
     return make
@@ -577,9 +577,7 @@ def import_npy(
         sources = _npy_sources_with_sidecar(src, sidecar)
     else:
         sources = _npy_sources_plain(src, labels=labels, split=split, domain=domain, fps=fps)
-    plain = _plain_info_factory(
-        name, str(src), "npy", dtype=dtype, level=level, row_seconds=row_seconds, extra={}
-    )
+    plain = _plain_info_factory(name, str(src), "npy", dtype=dtype, level=level, row_seconds=row_seconds)
     return _import_sources(
         store,
         name,
@@ -788,7 +786,7 @@ def import_hdf5(
             sources = _h5_sources_featbank(f, str(path))
         else:
             sources = _h5_sources_plain(f, str(path), key=key, labels=labels, split=split, domain=domain, fps=fps)
-        plain = _plain_info_factory(name, str(path), "hdf5", dtype=dtype, level=level, row_seconds=row_seconds, extra={})
+        plain = _plain_info_factory(name, str(path), "hdf5", dtype=dtype, level=level, row_seconds=row_seconds)
         return _import_sources(
             store,
             name,
