@@ -91,6 +91,14 @@ class ZarrFeatureSet(FeatureSet):
 
     def refresh(self) -> None:
         """Reload the index from disk (sees videos committed by other writers since opening)."""
+        for attempt in range(3):
+            try:
+                return self._load_index()
+            except FileNotFoundError:  # a compaction switched generations under us: read the new one
+                if attempt == 2:
+                    raise
+
+    def _load_index(self) -> None:
         files, key = self._store.files, self._key
         with self._lock:
             consumed: dict[str, int] = {}
