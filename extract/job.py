@@ -602,9 +602,24 @@ def _init_distributed() -> tuple[int, int, Any]:
 
     if not dist.is_available() or "MASTER_ADDR" not in os.environ:
         return rank, world, None
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    return rank, world, dist
+    if dist.is_initialized():
+        return rank, world, dist
+    # gloo is enough for the two barriers (set creation, end of run), on CPU and GPU alike
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    return rank, world, _OwnedGroup(dist)
+
+
+class _OwnedGroup:
+    """A process group this job created (destroyed at the end of the run)."""
+
+    def __init__(self, dist: Any) -> None:
+        self.dist = dist
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def destroy(self) -> None:
+        self.dist.destroy_process_group()
 
 
 def run_extraction(cfg: ExtractConfig, *, progress: bool = True, store: Any = None) -> ExtractSummary:
@@ -624,6 +639,16 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True, store: Any = No
     """
     tasks_all = load_tasks(cfg)  # manifest errors surface before the model is built
     rank, world, dist = _init_distributed()
+    try:
+        return _run_shard(cfg, tasks_all, rank, world, dist, progress=progress, store=store)
+    finally:
+        if isinstance(dist, _OwnedGroup):
+            dist.destroy()
+
+
+def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist: Any, *, progress: bool,
+               store: Any) -> ExtractSummary:
+    """``run_extraction`` for one process: its shard of ``tasks_all`` into the store."""
     s_index, s_count = resolve_shard(cfg.shard)
     index, count = s_index * world + rank, s_count * world
     pipe = build_pipeline(cfg)
