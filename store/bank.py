@@ -166,9 +166,12 @@ def default_bank_dir(store_path: str | os.PathLike, set_name: str, name: str = "
     The folder is a sibling of the store so that nothing inside the Zarr hierarchy changes
     (``compact`` may rewrite the store directory).
     """
-    if not str(store_path):
-        raise BankError("the store has no path (in-memory store): pass an explicit bank directory")
-    root = Path(str(store_path).rstrip("/\\") + ".banks")
+    path = os.fspath(store_path)
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    if not path or "://" in path:
+        raise BankError(f"store {path!r} is not a local folder: pass an explicit bank directory (--dir)")
+    root = Path(path.rstrip("/\\") + ".banks")
     if not name or "/" in name or name.startswith("."):
         raise BankError(f"bank name {name!r}: use a plain folder name")
     return root / urllib.parse.quote(set_name, safe="") / name

@@ -202,7 +202,7 @@ def test_zarr_mapping_survives_compaction(tmp_path):
     expected = {(v, r): bank.search_row(v, r, 3) for v in ("vid003", "vid017") for r in range(2)}
     store.compact()
     store.close()
-    store = open_store(tmp_path / "feats.zarr", mode="r+")
+    store = open_store(tmp_path / "feats.zarr", mode="a")
     assert "banks" not in {p.name for p in (tmp_path / "feats.zarr").iterdir()}
     reopened = FaissBank.open(store, SET)
     for (v, r), (d, i) in expected.items():
