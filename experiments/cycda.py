@@ -34,6 +34,7 @@ import torch
 
 from featbank.experiments.config import load_config, save_config, to_dict
 from featbank.experiments.cycda_data import CycdaData, PaddedClips, RowSet, load_cycda_data
+from featbank.experiments.refresh import RefreshConfig, refresh_backbone
 from featbank.heads.adaptation import DomainAdversarialLoss, DomainDiscriminator, grl_coeff
 from featbank.heads.cycda import ClassAwareContrastiveLoss, CycdaImageHead, CycdaVideoHead
 from featbank.heads.metrics import mean_class_accuracy, top1_accuracy
@@ -169,6 +170,7 @@ class CycdaConfig:
         stage2: first video model.
         stage3: class-aware spatial alignment.
         stage4: second video model.
+        refresh: optional backbone refresh after stage 2 or 4 (fine-tune on pixels, re-extract).
         plot: write ``accuracy.png``.
     """
 
@@ -184,6 +186,7 @@ class CycdaConfig:
     stage2: VideoStageConfig = field(default_factory=VideoStageConfig)
     stage3: ImageStageConfig = field(default_factory=lambda: ImageStageConfig(adv_weight=0.0))
     stage4: VideoStageConfig = field(default_factory=VideoStageConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     plot: bool = True
 
     def __post_init__(self) -> None:
@@ -529,23 +532,29 @@ def stage4_video_model(data: CycdaData, frame_pl: VideoPseudoLabels, cfg: VideoS
 # ---- the cycle -------------------------------------------------------------------------------
 
 
-def _open_store(cfg: CycdaConfig):
+ROLES = ("source_images", "target_frames", "target_clips", "test_frames", "test_clips")
+
+
+def _open_store(cfg: CycdaConfig, mode: str = "r"):
+    from featbank.experiments.config import ConfigError
     from featbank.store import open_store
 
     if not cfg.features.store:
-        raise ValueError("features.store is empty: set it to a store path (features.store=PATH)")
-    return open_store(cfg.features.store, "r")
+        raise ConfigError("features.store is empty: set it to a store path (features.store=PATH)")
+    return open_store(cfg.features.store, mode)
 
 
-def load_data(cfg: CycdaConfig, store=None) -> CycdaData:
-    """Read the feature sets named in ``cfg.features`` (from ``store`` or ``cfg.features.store``)."""
-    f = cfg.features
+def set_names(cfg: CycdaConfig) -> dict[str, str]:
+    """Role -> feature-set name, from ``cfg.features``."""
+    return {r: getattr(cfg.features, r) for r in ROLES}
+
+
+def load_data(cfg: CycdaConfig, store=None, names: dict[str, str] | None = None) -> CycdaData:
+    """Read the feature sets (``names``, default ``cfg.features``) from ``store`` or ``cfg.features.store``."""
     own = store is None
     store = _open_store(cfg) if own else store
     try:
-        return load_cycda_data(store, source_images=f.source_images, target_frames=f.target_frames,
-                               target_clips=f.target_clips, test_frames=f.test_frames, test_clips=f.test_clips,
-                               max_clips=f.max_clips)
+        return load_cycda_data(store, **(names or set_names(cfg)), max_clips=cfg.features.max_clips)
     finally:
         if own:
             store.close()
@@ -570,10 +579,43 @@ def run_cycle(cfg: CycdaConfig, out_dir: str | Path, *, store=None, data: CycdaD
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    threads_before = torch.get_num_threads()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    data = load_data(cfg, store) if data is None else data
+    own = store is None and (data is None or cfg.refresh.enabled)
+    if own:
+        store = _open_store(cfg, "a" if cfg.refresh.enabled else "r")
+    try:
+        return _run_cycle(cfg, out, store, data, progress, t_start)
+    finally:
+        torch.set_num_threads(threads_before)
+        if own:
+            store.close()
+
+
+def _run_cycle(cfg: CycdaConfig, out: Path, store, data: CycdaData | None, progress: bool,
+               t_start: float) -> dict[str, Any]:
+    names = set_names(cfg)
+    data = load_data(cfg, store, names) if data is None else data
     stages: list[StageMetrics] = []
+    refreshes: list[dict[str, Any]] = []
+
+    def maybe_refresh(after: str, cycle: int, video_pl: VideoPseudoLabels, d: Path) -> CycdaData:
+        nonlocal names
+        r = cfg.refresh
+        if not r.enabled or r.after != after or (r.cycles and cycle not in r.cycles):
+            return data
+        labels = _align(video_pl, data.target_clips.video_ids)
+        info = refresh_backbone(store, names, list(data.target_clips.video_ids), labels, data.num_classes, r, out,
+                                tag=f"cycle{cycle}-{after}", seed=cfg.seed * 1000 + cycle, progress=progress)
+        info.update(cycle=cycle, after=after)
+        refreshes.append(info)
+        _write_json(d / "refresh.json", info)
+        if progress:
+            print(f"  [{cycle}] backbone refresh: {info['backbone']} -> weights {info['weights_id'][:12]} "
+                  f"({info['seconds']:.1f}s); stale: {', '.join(info['stale'])}", flush=True)
+        names = dict(info["sets"])
+        return load_data(cfg, store, names)  # later stages read the re-extracted sets
 
     def record(m: StageMetrics, d: Path | None) -> None:
         stages.append(m)
@@ -605,6 +647,7 @@ def run_cycle(cfg: CycdaConfig, out_dir: str | Path, *, store=None, data: CycdaD
             acc, mca = evaluate_video_model(video, data.test_clips, data.num_classes)
             record(StageMetrics("stage2_video_model", cycle, acc, mca, video_pl.accuracy, video_pl.coverage,
                                 time.perf_counter() - t0, losses), d2)
+            data = maybe_refresh("stage2", cycle, video_pl, d2)
             # stage 3: class-aware spatial alignment with the video pseudo labels
             t0 = time.perf_counter()
             d3 = _stage_dir(out, cycle, "stage3_class_aware_alignment")
@@ -620,6 +663,7 @@ def run_cycle(cfg: CycdaConfig, out_dir: str | Path, *, store=None, data: CycdaD
             acc, mca = evaluate_video_model(video, data.test_clips, data.num_classes)
             record(StageMetrics("stage4_video_model", cycle, acc, mca, video_pl.accuracy, video_pl.coverage,
                                 time.perf_counter() - t0, losses), d4)
+            data = maybe_refresh("stage4", cycle, video_pl, d4)
 
     final = stages[-1]
     result = {
@@ -630,6 +674,8 @@ def run_cycle(cfg: CycdaConfig, out_dir: str | Path, *, store=None, data: CycdaD
         "final_mean_class_acc": final.mean_class_acc,
         "selection": "final epoch of every stage; nothing selected on the target test split",
         "stages": [m.to_dict() for m in stages],
+        "refresh": refreshes,
+        "feature_sets": names,
         "seconds": time.perf_counter() - t_start,
         "out_dir": str(out),
     }

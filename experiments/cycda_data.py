@@ -183,12 +183,20 @@ def write_synthetic_cycda_sets(store: FeatureStore, *, num_classes: int = 5, sou
                                clips_per_video: int = 4, dim: int = 32, clip_dim: int | None = None,
                                domain_shift: float = 1.0, noise: float = 1.0, seed: int = 0,
                                backbone: str = "synthetic", weights_id: str = "synthetic-v1",
-                               dtype: str = "float16", prefix: str = "") -> dict[str, str]:
+                               dtype: str = "float16", prefix: str = "", n_train: int | None = None,
+                               n_test: int | None = None, length_jitter: float = 0.0,
+                               test_frames_per_video: int | None = None) -> dict[str, str]:
     """Write the five feature sets of a CycDA run with synthetic class structure (tests, benchmarks).
 
     Each class has an image prototype and a clip prototype. Source rows are prototype plus
     noise; target frames add a domain shift (a shared offset and a per-class distortion) and
-    some uninformative frames; clip rows are their own, more separable prototype plus noise.
+    a quarter of uninformative frames; clip rows are their own prototype plus noise.
+
+    Args:
+        n_train / n_test: total target train / test videos (classes assigned round-robin);
+            default ``num_classes * train_per_class`` / ``num_classes * test_per_class``.
+        length_jitter: frames (and clips) per video drawn uniformly within ``+-`` this fraction.
+        test_frames_per_video: frames per test video (default ``frames_per_video``).
 
     Returns:
         Keyword arguments for :func:`load_cycda_data` / ``FeatureSetsConfig`` (set names).
@@ -213,24 +221,36 @@ def write_synthetic_cycda_sets(store: FeatureStore, *, num_classes: int = 5, sou
     store.set_backbone_weights(backbone, weights_id)
 
     def rows(feats: np.ndarray) -> VideoRows:
-        n = len(feats)
-        t = np.arange(n, dtype=np.float64)
+        t = np.arange(len(feats), dtype=np.float64)
         return VideoRows(feats, t, t + 1.0)
 
+    def noisy(n: int, d: int) -> np.ndarray:
+        return noise * rng.standard_normal((n, d), dtype=np.float32)
+
+    def length(base: int) -> int:
+        if length_jitter <= 0:
+            return base
+        return max(1, int(rng.integers(round(base * (1 - length_jitter)), round(base * (1 + length_jitter)) + 1)))
+
     for c in range(num_classes):
+        f = proto[c] + noisy(source_per_class, dim)
         for i in range(source_per_class):
-            f = proto[c] + noise * rng.standard_normal((1, dim)).astype(np.float32)
-            sets["source_images"].write_video(rows(f), VideoMeta(f"src_c{c}_{i:04d}", labels=(c,), split="train",
-                                                                 domain="source"))
-        for split, n_vid in (("train", train_per_class), ("test", test_per_class)):
-            for i in range(n_vid):
-                vid = f"{split}_c{c}_{i:04d}"
-                f = proto[c] + offset + distort[c] + noise * rng.standard_normal((frames_per_video, dim)).astype(np.float32)
-                junk = rng.random(frames_per_video) < 0.25  # frames that show nothing of the class
-                f[junk] = offset + noise * rng.standard_normal((int(junk.sum()), dim)).astype(np.float32)
-                g = clip_proto[c] + noise * rng.standard_normal((clips_per_video, clip_dim)).astype(np.float32)
-                meta = VideoMeta(vid, labels=(c,), split=split, domain="target", fps=25.0, n_frames=frames_per_video)
-                fkey, ckey = ("target_frames", "target_clips") if split == "train" else ("test_frames", "test_clips")
-                sets[fkey].write_video(rows(f), meta)
-                sets[ckey].write_video(rows(g), meta)
+            sets["source_images"].write_video(rows(f[i:i + 1]), VideoMeta(f"src_c{c}_{i:05d}", labels=(c,),
+                                                                          split="train", domain="source"))
+    totals = {"train": num_classes * train_per_class if n_train is None else n_train,
+              "test": num_classes * test_per_class if n_test is None else n_test}
+    for split, total in totals.items():
+        fkey, ckey = ("target_frames", "target_clips") if split == "train" else ("test_frames", "test_clips")
+        base = frames_per_video if split == "train" or test_frames_per_video is None else test_frames_per_video
+        for i in range(total):
+            c = i % num_classes
+            vid = f"{split}_c{c}_{i // num_classes:05d}"
+            n_f, n_c = length(base), length(clips_per_video)
+            f = proto[c] + offset + distort[c] + noisy(n_f, dim)
+            junk = rng.random(n_f) < 0.25  # frames that show nothing of the class
+            f[junk] = offset + noisy(int(junk.sum()), dim)
+            g = clip_proto[c] + noisy(n_c, clip_dim)
+            meta = VideoMeta(vid, labels=(c,), split=split, domain="target", fps=25.0, n_frames=n_f)
+            sets[fkey].write_video(rows(f), meta)
+            sets[ckey].write_video(rows(g), meta)
     return names

@@ -142,7 +142,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
     from featbank.experiments.synth_i2v import generate
 
     t_start = time.perf_counter()
-    out = Path(out)
+    out = Path(out).resolve()  # extraction configs record absolute paths (a refresh re-reads them)
     out.mkdir(parents=True, exist_ok=True)
     data_dir, store_path, run_dir = out / "data", out / "store.zarr", out / "cycda"
     timings: dict[str, float] = {}
@@ -158,7 +158,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
     print("[3/5] running the CycDA cycle on the cached features", flush=True)
     t0 = time.perf_counter()
     cycle_path = cfg.cycle_config or (DEFAULT_CYCLE_CONFIG if DEFAULT_CYCLE_CONFIG.is_file() else None)
-    overrides = [f"features.store={store_path}", f"seed={cfg.data.seed}", f"threads={cfg.threads}",
+    overrides = [f"features.store={store_path}", f"seed={cfg.data.seed}",
                  *cfg.cycle_overrides]
     ccfg = load_cycda_config(cycle_path, overrides)
     result = run_cycle(ccfg, run_dir, progress=True)

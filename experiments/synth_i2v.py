@@ -38,6 +38,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon")
 TEXTURES = ("stripes", "checker", "dots", "solid", "grid", "waves")
+CLUTTER = 20  # background blobs of a target scene
+TARGET_SCALE = (0.45, 0.7)  # object side / frame side in the target videos (source: 0.45-0.7)
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,10 @@ def _scene(size: int, rng: np.random.Generator) -> np.ndarray:
     s = size * 2
     img = Image.new("RGB", (s, s), tuple(int(v) for v in rng.uniform(30, 90, 3)))
     d = ImageDraw.Draw(img)
-    for _ in range(40):  # clutter: random blobs and bars in muted colours
+    for _ in range(CLUTTER):  # clutter: random blobs and bars in muted colours
         x, y = rng.uniform(0, s, 2)
-        w, h = rng.uniform(5, s / 4, 2)
-        col = tuple(int(v) for v in rng.uniform(20, 140, 3))
+        w, h = rng.uniform(5, s / 5, 2)
+        col = tuple(int(v) for v in rng.uniform(30, 110, 3))
         if rng.random() < 0.5:
             d.ellipse([x, y, x + w, y + h], fill=col)
         else:
@@ -224,16 +226,16 @@ def draw_still(look: ClassLook, size: int, rng: np.random.Generator) -> np.ndarr
 def draw_video(look: ClassLook, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
     """One target video: ``(T, size, size, 3)`` uint8 with object motion and camera pan."""
     scene = _scene(size, rng)
-    side = int(size * rng.uniform(0.3, 0.5))
-    # camera pan over the scene, object path in the frame (may leave the frame partly)
+    side = int(size * rng.uniform(*TARGET_SCALE))
+    # camera pan over the scene, object path in the frame (may leave the frame slightly)
     cam0, cam1 = rng.uniform(0, size, 2), rng.uniform(0, size, 2)
-    p0 = rng.uniform(-0.2, 0.8, 2) * (size - side)
-    p1 = rng.uniform(0.2, 1.2, 2) * (size - side)
+    p0 = rng.uniform(-0.1, 0.6, 2) * (size - side)
+    p1 = rng.uniform(0.4, 1.1, 2) * (size - side)
     if rng.random() < 0.5:
         p0, p1 = p1, p0
     a0, spin = rng.uniform(0, 360), rng.uniform(-60, 60)
     cast = np.array([rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0), rng.uniform(1.0, 1.25)], np.float32)
-    contrast, noise = rng.uniform(0.6, 0.85), rng.uniform(4, 10)
+    contrast, noise = rng.uniform(0.7, 0.9), rng.uniform(3, 8)
     tex_seed = int(rng.integers(1 << 31))
     out = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
