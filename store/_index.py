@@ -113,8 +113,29 @@ class VideoIndex:
                 cols[k][i] = m[k]
 
     def apply_all(self, records: Iterable[dict[str, Any]]) -> None:
+        """``apply`` each record in order (a fast path for the common case: new videos)."""
+        self._arrays = None
+        cols = self.cols
+        pos, ids, seg, row, n, nonfinite = self.pos, self.ids, self.seg, self.row, self.n, self.nonfinite
+        appends = [cols[k].append for k in _META_FIELDS]
+        seg_ids: dict[str, int] = {}
         for rec in records:
-            self.apply(rec)
+            vid = rec["v"]
+            if vid in pos:
+                self.apply(rec)
+                continue
+            s = seg_ids.get(rec["s"])
+            if s is None:
+                s = seg_ids[rec["s"]] = self.segment_id(rec["s"])
+            pos[vid] = len(ids)
+            ids.append(vid)
+            seg.append(s)
+            row.append(rec["r"])
+            n.append(rec["n"])
+            nonfinite.append(rec.get("nf", False))
+            m = rec["m"]
+            for k, app in zip(_META_FIELDS, appends):
+                app(m[k])
 
     # ---- compacted form ---------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:

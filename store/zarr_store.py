@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import uuid
+from operator import itemgetter
 from typing import Any, Sequence
 
 import numpy as np
@@ -123,16 +124,16 @@ class ZarrFeatureSet(FeatureSet):
                 start = consumed.get(seg, 0)
                 records, good = parse_log(files.read(f"{key}/_commits/{fname}", offset=start))
                 sizes[seg] = start + good
-                pending += [(r["t"], seg, i, r) for i, r in enumerate(records)]
-            pending.sort(key=lambda x: x[:3])
-            index.apply_all(p[3] for p in pending)
+                pending += records
+            pending.sort(key=itemgetter("t"))  # stable: each log keeps its own order on ties
+            index.apply_all(pending)
             self._index, self._log_sizes = index, sizes
             seg_a, row_a, n_a = index.arrays()
             end_a = np.zeros(len(index.segments), np.int64)
             np.maximum.at(end_a, seg_a, row_a + n_a)
             ends = dict(zip(index.segments, end_a.tolist()))
-            for _, seg, _, r in pending:  # overwritten rows count too: they stay on disk
-                ends[seg] = max(ends.get(seg, 0), r["r"] + r["n"])
+            for r in pending:  # overwritten rows count too: they stay on disk
+                ends[r["s"]] = max(ends.get(r["s"], 0), r["r"] + r["n"])
             for name, seg_obj in self._segments.items():
                 seg_obj.known_rows = max(seg_obj.known_rows, ends.get(name, 0))
             self._ends = ends
