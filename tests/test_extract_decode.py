@@ -127,7 +127,9 @@ def test_shared_clips_decord_and_pyav_agree(shared_data):
         with open_video(path, backend="decord") as d, open_video(path, backend="pyav") as p:
             assert d.info.n_frames == p.info.n_frames == expected[name]["source_frames"]
             assert d.info.fps == pytest.approx(expected[name]["source_fps"], rel=1e-3)
-            idx = np.array([d.info.n_frames - 1, 0, 17, 3, d.info.n_frames // 2])
+            # not the last frame of the AVI: decord misreads it after a seek in ~10 % of runs (see AutoSource)
+            last = d.info.n_frames - (2 if name.endswith(".avi") else 1)
+            idx = np.array([last, 0, 17, 3, d.info.n_frames // 2])
             a, b = d.read(idx), p.read(idx)
         # lossy codecs may differ by decoder build; the same frames differ by < 2 grey levels on average
         assert np.abs(a.frames.astype(np.int16) - b.frames).mean() < 2.0
@@ -149,6 +151,15 @@ def test_shared_h264_random_access_equals_sequential_decoding(shared_data, backe
         np.testing.assert_array_equal(got, whole[idx])
     else:  # another FFmpeg build: allow tiny colour-conversion differences, never a wrong frame
         assert np.abs(got.astype(np.int16) - whole[idx]).mean() < 2.0
+
+
+def test_auto_reads_avi_with_pyav(shared_data, videos):
+    with open_video(shared_data / "clips" / "clip_b.avi") as src:
+        assert src.info.backend == "pyav"
+    with open_video(videos["mjpeg"][0]) as src:  # generated AVI too
+        assert src.info.backend == "pyav"
+    with open_video(shared_data / "clips" / "clip_c.mp4") as src:
+        assert src.info.backend == "decord"
 
 
 def test_shared_clips_resampled_frame_counts_match_reference(shared_data):
