@@ -211,6 +211,14 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> context
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _is_channels_last(model: torch.nn.Module) -> bool:
+    """True when the model's first 5-D weight is stored channels_last_3d."""
+    for p in model.parameters():
+        if p.ndim == 5:
+            return p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+    return False
+
+
 def run_model(
     model: torch.nn.Module,
     clips: torch.Tensor,
@@ -232,7 +240,7 @@ def run_model(
     """
     b, v = clips.shape[:2]
     x = clips.flatten(0, 1)  # (B, V, C, T, H, W) -> (B*V, C, T, H, W)
-    if x.device.type == "cuda":
+    if x.device.type == "cuda" or _is_channels_last(model):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), autocast_context(x.device, autocast_dtype):
         feats = model.forward_features(x, endpoint=sampling.endpoint)  # (B*V, C', T', H', W')
