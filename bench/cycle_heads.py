@@ -49,7 +49,7 @@ def main() -> None:
         t_write = time.perf_counter() - t0
         rows = sum(store.open_set(names["target_frames"]).n_rows(v) for v in store.open_set(names["target_frames"]).video_ids())
         image = [f"{s}.epochs={args.epochs}" for s in ("source_only", "stage1", "stage3")]
-        image += [f"{s}.{k}" for s in ("source_only", "stage1", "stage3") for k in ("batch_size=1024", "optimizer=adam")]
+        image += [f"{s}.{k}" for s in ("source_only", "stage1", "stage3") for k in ("batch_size=4096", "optimizer=adam", "lr=0.003")]
         video = [f"{s}.epochs={args.video_epochs}" for s in ("stage2", "stage4")]
         video += [f"{s}.{k}" for s in ("stage2", "stage4") for k in ("batch_size=256", "optimizer=adam", "lr=0.001")]
         cfg = load_cycda_config(None, [f"features.{k}={v}" for k, v in names.items()] + image + video

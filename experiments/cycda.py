@@ -37,6 +37,7 @@ from featbank.experiments.cycda_data import CycdaData, PaddedClips, RowSet, load
 from featbank.experiments.refresh import RefreshConfig, refresh_backbone
 from featbank.heads.adaptation import DomainAdversarialLoss, DomainDiscriminator, grl_coeff
 from featbank.heads.cycda import ClassAwareContrastiveLoss, CycdaImageHead, CycdaVideoHead
+from featbank.heads.memory import SourceMemoryBank
 from featbank.heads.metrics import mean_class_accuracy, top1_accuracy
 from featbank.heads.pseudo_labels import (
     FramePredictions,
@@ -315,7 +316,8 @@ def _train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageCon
     src, tgt = data.source, data.target_frames
     ys = torch.from_numpy(src.row_labels)
     n_s, n_t = len(src.feats), len(tgt.feats)
-    steps_per_epoch = max(1, math.ceil(max(n_s, n_t) / cfg.batch_size))
+    uses_target = (adversarial and cfg.adv_weight > 0) or (frame_labels is not None and cfg.contrastive_weight > 0)
+    steps_per_epoch = max(1, math.ceil((max(n_s, n_t) if uses_target else n_s) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     idx_s = _batches(n_s, cfg.batch_size, total, gen)
     idx_t = _batches(n_t, cfg.batch_size, total, gen)
@@ -328,9 +330,11 @@ def _train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageCon
     if frame_labels is not None and cfg.contrastive_weight > 0:
         contrast = ClassAwareContrastiveLoss(cfg.temperature)
         yt = torch.from_numpy(frame_labels)
-        with torch.no_grad():  # source memory bank: detached projected source features
-            bank = torch.cat([head.embed(src.feats[i:i + EVAL_BATCH].float())
-                              for i in range(0, n_s, EVAL_BATCH)])  # (N_s, E)
+        bank = SourceMemoryBank(n_s, cfg.embed_dim, ys)  # detached projected source features
+        with torch.no_grad():
+            for i in range(0, n_s, EVAL_BATCH):
+                sl = torch.arange(i, min(n_s, i + EVAL_BATCH))
+                bank.update(sl, head.embed(src.feats[sl].float()))  # (B, D) -> (B, E)
         bank_labels = ys
     sampler = _PosNegSampler(bank_labels, data.num_classes, gen) if bank is not None else None
     opt = _optimizer(params, cfg)
@@ -350,11 +354,10 @@ def _train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageCon
             losses["adv"] = cfg.adv_weight * adv.loss
             losses["disc_acc"] = adv.disc_acc
         if contrast is not None:
-            with torch.no_grad():
-                bank[bs] = out_s.embed.detach()  # explicit memory update, outside any forward
+            bank.update(bs, out_s.embed)  # explicit memory update (detached), outside any forward
             lab = yt[bt]
-            pos_i, neg_i = sampler.sample(lab)
-            losses["contrast"] = cfg.contrastive_weight * contrast(z_t, bank[pos_i], bank[neg_i], lab >= 0)
+            pos_i, neg_i = sampler.sample(lab)  # O(B) index draw (sample_pos_neg is O(B * N_s))
+            losses["contrast"] = cfg.contrastive_weight * contrast(z_t, bank(pos_i), bank(neg_i), lab >= 0)
         loss = sum(v for k, v in losses.items() if k != "disc_acc")
         opt.zero_grad(set_to_none=True)
         loss.backward()
