@@ -49,6 +49,15 @@ def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _fsync_path(path: str) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class CorruptDataError(StoreError):
     """A shard file on disk is truncated or its index points outside the file."""
 
@@ -150,6 +159,7 @@ class Segment:
         self._times = np.zeros((0, 2), np.float64)
         self._frames = np.zeros((0, 2), np.int64)
         self.known_rows = 0  # rows committed per the index this process has loaded
+        self.durable = False  # fsync data files before the caller commits (``open_store(fsync=True)``)
 
     # ---- creation ---------------------------------------------------------------------
     @classmethod
@@ -189,22 +199,35 @@ class Segment:
             for name in self.ARRAYS:
                 arr = self.array(name)
                 arr.resize((cap, *arr.shape[1:]))
+        s = self.rows_per_shard
+        tc = min(s, TIME_CHUNK_ROWS)
+        shards = range(row0 // s, (end - 1) // s + 1)
+        time_chunks = range(row0 // tc, (end - 1) // tc + 1)
         if not self.fast:
             feats[row0:end] = stored
             self.array("times")[row0:end] = times
             self.array("frame_idx")[row0:end] = frames
+            if self.durable and self.dir is not None:  # local store written by zarr-python
+                paths = [self._chunk_path("feats", k, len(self.row_shape)) for k in shards]
+                paths += [self._chunk_path(n, j, 1) for n in ("times", "frame_idx") for j in time_chunks]
+                for path in paths:
+                    _fsync_path(path)
             return
-        s = self.rows_per_shard
-        for k in range(row0 // s, (end - 1) // s + 1):
+        touched = []
+        for k in shards:
             a, b = max(row0, k * s), min(end, (k + 1) * s)
             fd = self._file(self._chunk_path("feats", k, len(self.row_shape)), self._empty_shard)
             _pwrite_all(fd, np.ascontiguousarray(stored[a - row0:b - row0]), (a - k * s) * self.row_bytes)
-        tc = min(s, TIME_CHUNK_ROWS)
-        for j in range(row0 // tc, (end - 1) // tc + 1):
+            touched.append(fd)
+        for j in time_chunks:
             a, b = max(row0, j * tc), min(end, (j + 1) * tc)
             for name, vals, dt in (("times", times, "<f8"), ("frame_idx", frames, "<i8")):
                 fd = self._file(self._chunk_path(name, j, 1), lambda f, n=tc: f.truncate(n * 16))
                 _pwrite_all(fd, np.ascontiguousarray(vals[a - row0:b - row0], dtype=dt), (a - j * tc) * 16)
+                touched.append(fd)
+        if self.durable:
+            for fd in touched:
+                os.fsync(fd)
 
     def _chunk_path(self, name: str, k: int, ndim_rest: int) -> str:
         return os.path.join(self.dir, name, "c", str(k), *(["0"] * ndim_rest))
@@ -233,7 +256,12 @@ class Segment:
                 tmp = f"{path}.{uuid.uuid4().hex}.partial"
                 with open(tmp, "wb") as f:
                     init(f)
+                    if self.durable:
+                        f.flush()
+                        os.fsync(f.fileno())
                 os.replace(tmp, path)
+                if self.durable:
+                    _fsync_path(os.path.dirname(path))
             if len(self._fds) >= 8:  # rows are appended: earlier files are done
                 for old in list(self._fds)[:4]:
                     os.close(self._fds.pop(old))

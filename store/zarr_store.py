@@ -150,6 +150,7 @@ class ZarrFeatureSet(FeatureSet):
             seg = Segment(self._store.zstore, key, self.info.row_shape, self._sdtype, self.layout,
                           self._store.local_root, shard_rows)
             seg.known_rows = self._ends.get(name, 0) if self._index is not None else 0
+            seg.durable = self._store.fsync
             self._segments[name] = seg
         return seg
 
@@ -200,6 +201,7 @@ class ZarrFeatureSet(FeatureSet):
         log = self._store.files.open_append(f"{self._key}/_commits/{name}.jsonl")
         seg = Segment.create(self._store.zstore, f"{self._key}/segments/{name}", self.info.row_shape,
                              self._sdtype, self.layout, self._store.local_root, 0, self.layout.write_rows_per_shard)
+        seg.durable = self._store.fsync
         self._segments[name] = seg
         self._writer = _Writer(name, seg, log)
         return self._writer
@@ -389,6 +391,7 @@ class ZarrFeatureSet(FeatureSet):
             rows_per_shard = min(self.layout.read_rows_per_shard, max(c, -(-total // c) * c))
             new = Segment.create(self._store.zstore, f"{key}/segments/{name}", self.info.row_shape, self._sdtype,
                                  self.layout, self._store.local_root, total, rows_per_shard)
+            new.durable = True  # the new generation must be on disk before the pointer switches to it
             new_index = VideoIndex()
             new_index.segment_id(name)
             block = np.empty((min(total, rows_per_shard), *self.info.row_shape), self._sdtype)

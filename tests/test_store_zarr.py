@@ -306,3 +306,16 @@ def test_open_time_proxy(tmp_path):
 def test_open_100k_videos_within_one_second(tmp_path):
     _many_videos(tmp_path / "s.zarr", 100_000)
     assert min(_open_time(tmp_path / "s.zarr", "video_0099999") for _ in range(3)) <= 1.0
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_fsync_mode_round_trip(tmp_path, compression):
+    path = tmp_path / "s.zarr"
+    with open_store(path, mode="w", fsync=True) as st:
+        fs, rows = _fill(st, n_videos=6, compression=compression)
+        st.record_failure("s", "bad", "corrupt", "x")
+    with open_store(path, mode="r") as st:
+        fs = st.open_set("s")
+        for vid, r in rows.items():
+            assert_rows_equal(fs.read(vid), r, "float16")
+        assert st.validate() == [] and st.failures()[0]["video_id"] == "bad"
