@@ -99,7 +99,8 @@ def chunk_windows(positions: np.ndarray, src_idx: np.ndarray, chunk_frames: int)
     """Split windows into consecutive groups decoding at most ``chunk_frames`` new frames each.
 
     A group always holds at least one window (a single window longer than the budget is
-    its own group).
+    its own group). The first group holds just the first window, so the model gets work as
+    soon as possible after a video is opened.
 
     Args:
         positions: ``(W, L)`` window positions into the resampled sequence.
@@ -114,7 +115,7 @@ def chunk_windows(positions: np.ndarray, src_idx: np.ndarray, chunk_frames: int)
     for w in range(len(positions)):
         src = np.unique(src_idx[positions[w]])
         fresh = int((src > seen).sum())
-        if w > a and new + fresh > chunk_frames:
+        if w > a and (a == 0 or new + fresh > chunk_frames):
             groups.append((a, w))
             a, new = w, 0
         new += fresh

@@ -274,3 +274,26 @@ def test_cli_extract_exit_codes_and_malformed_manifest(videos, tmp_path, capsys)
     rc = cli_main(["extract", "--print-config", "--backbone", "resnet18", "batch_size=5"])
     out = capsys.readouterr().out
     assert rc == 0 and "backbone: resnet18" in out and "batch_size: 5" in out
+
+
+@pytest.mark.slow
+def test_real_i3d_whole_clip_logits_match_reference(shared_data, tmp_path):
+    """The job with the K400 I3D, whole-clip sampling and the Logits endpoint reproduces the
+    reference top-1 of the shared clip (GUIDE §5 protocol: 25 fps, resize 256, crop 224)."""
+    import json
+
+    expected = json.loads((shared_data / "clips" / "expected_i3d_k400.json").read_text())["clip_c.mp4"]
+    labels = (shared_data / "kinetics400_labels.txt").read_text().splitlines()
+    (tmp_path / "list.txt").write_text(f"{shared_data / 'clips' / 'clip_c.mp4'} 0\n")
+    cfg = ExtractConfig(manifest=str(tmp_path / "list.txt"), root=str(shared_data / "clips"), store="unused",
+                        backbone="i3d-rgb-k400", endpoint="Logits", sampler="whole", device="cpu",
+                        workers=0, timeout=0.0, dtype="float32")
+    store = MemoryStore()
+    summary = run_extraction(cfg, progress=False, store=store)
+    fs = store.open_set(summary.feature_set)
+    assert summary.feature_set == "i3d-rgb-k400/Logits/whole"
+    rows = fs.read("clip_c")
+    assert rows.feats.shape == (1, 400) and tuple(rows.frame_idx[0]) == (0, 31)
+    top1 = int(np.argmax(rows.feats[0]))
+    assert labels[top1] == expected["top5"][0]["label"]
+    assert abs(float(rows.feats[0, top1]) - expected["top5"][0]["logit"]) <= 1.0

@@ -82,6 +82,7 @@ def test_chunk_windows_respects_budget_and_covers_all():
         seen = max(seen, positions[a:b].max())
     # a single window larger than the budget is its own group
     assert chunk_windows(positions[:2], src, chunk_frames=4) == [(0, 1), (1, 2)]
+    assert groups[0] == (0, 1)  # the first window alone: the model starts early
 
 
 def _end(key, n):
