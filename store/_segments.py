@@ -49,6 +49,14 @@ def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
+def _decoder(compression: str) -> Any:
+    """numcodecs codec that decodes one stored inner chunk (the same formats zarr-python writes)."""
+    from numcodecs import GZip, Zstd
+    from numcodecs.blosc import Blosc
+
+    return {"lz4": Blosc(), "blosc-zstd": Blosc(), "zstd": Zstd(), "gzip": GZip()}[compression]
+
+
 def _fsync_path(path: str) -> None:
     """Flush a file's (or a folder's entries') data to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -112,10 +120,12 @@ class Layout:
 class ShardMap:
     """Direct reads of one shard file: the index decoded once, rows copied from a memory map."""
 
-    def __init__(self, path: str, n_chunks: int, chunk_bytes: int) -> None:
+    def __init__(self, path: str, n_chunks: int, chunk_bytes: int | None) -> None:
+        """``chunk_bytes``: size of every stored chunk (uncompressed), None when chunks are compressed."""
         self.path = path
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            size, self.inode = st.st_size, (st.st_ino, st.st_mtime_ns)
             index_bytes = n_chunks * 16 + _INDEX_CRC_BYTES
             if size < index_bytes:
                 raise CorruptDataError(f"shard {path}: {size} bytes, shorter than its {index_bytes}-byte index")
@@ -123,8 +133,10 @@ class ShardMap:
         index = np.frombuffer(self.mm, dtype="<u8", count=n_chunks * 2, offset=size - index_bytes).reshape(-1, 2)
         present = index[:, 0] != _EMPTY
         self.offsets = np.where(present, index[:, 0], 0).astype(np.int64)
-        nbytes = np.where(present, index[:, 1], 0).astype(np.int64)
-        bad = present & ((nbytes != chunk_bytes) | (self.offsets + nbytes > size - index_bytes))
+        self.nbytes = nbytes = np.where(present, index[:, 1], 0).astype(np.int64)
+        bad = present & (self.offsets + nbytes > size - index_bytes)
+        if chunk_bytes is not None:
+            bad |= present & (nbytes != chunk_bytes)
         self.offsets[~present] = -1  # -1: chunk never written (all fill value)
         if bad.any():
             raise CorruptDataError(
@@ -151,7 +163,10 @@ class Segment:
         self.layout, self.rows_per_shard = layout, rows_per_shard
         self.row_bytes = int(np.prod(row_shape)) * self.dtype.itemsize
         self.chunk_bytes = layout.rows_per_chunk * self.row_bytes
-        self.fast = local_root is not None and layout.compression == "none"
+        self.fast = local_root is not None and layout.compression == "none"  # direct writes and reads
+        # compressed local chunks are read directly too, decoded with numcodecs
+        self.decoder = _decoder(layout.compression) if local_root is not None and not self.fast else None
+        self._decoded: tuple[tuple[int, int], np.ndarray] | None = None  # last decoded chunk
         self.dir = os.path.join(local_root, *key.split("/")) if local_root is not None else None
         self._arrays: dict[str, Any] = {}
         self._shards: dict[int, ShardMap] = {}
@@ -272,22 +287,37 @@ class Segment:
     def _shard(self, k: int) -> ShardMap:
         """Shard ``k``, memory-mapped (a shared map: rows written later in place show up in it)."""
         sm = self._shards.get(k)
-        if sm is not None:
-            return sm
         path = os.path.join(self.dir, "feats", "c", str(k), *(["0"] * len(self.row_shape)))
+        if sm is not None:
+            if self.fast:
+                return sm
+            st = os.stat(path)  # zarr-python replaces compressed shards on write: remap a new file
+            if (st.st_ino, st.st_mtime_ns) == sm.inode:
+                return sm
+            sm.close()
         try:
-            sm = ShardMap(path, self.rows_per_shard // self.layout.rows_per_chunk, self.chunk_bytes)
+            sm = ShardMap(path, self.rows_per_shard // self.layout.rows_per_chunk,
+                          self.chunk_bytes if self.fast else None)
         except FileNotFoundError:
             raise CorruptDataError(f"segment {self.key}: shard file {path} is missing") from None
         self._shards[k] = sm
+        self._decoded = None
         return sm
+
+    @property
+    def direct(self) -> bool:
+        """True when reads bypass zarr-python (local store)."""
+        return self.fast or self.decoder is not None
 
     def read_into(self, a: int, b: int, out: np.ndarray) -> None:
         """Copy stored rows ``[a, b)`` into ``out`` (shape ``(b - a, *row_shape)``, storage dtype)."""
         if b <= a:
             return
-        if not self.fast:
+        if not self.direct:
             out[...] = self.array("feats", b)[a:b]
+            return
+        if not self.fast:
+            self._read_compressed(a, b, out)
             return
         flat = out.reshape(b - a, -1).view(np.uint8).reshape(-1)
         c, s, rb = self.layout.rows_per_chunk, self.rows_per_shard, self.row_bytes
@@ -314,6 +344,27 @@ class Segment:
                     flat[(pos - a) * rb:(pos - a + take) * rb] = sm.buf[src0:src0 + take * rb]
                 pos += take
                 r += take
+
+    def _read_compressed(self, a: int, b: int, out: np.ndarray) -> None:
+        """Rows ``[a, b)`` of compressed chunks: each chunk is decoded once (the last one is kept)."""
+        c, s = self.layout.rows_per_chunk, self.rows_per_shard
+        pos = a
+        while pos < b:
+            k, r = divmod(pos, s)
+            ci = r // c
+            take = min(b - pos, (ci + 1) * c - r)
+            sm = self._shard(k)
+            if self._decoded is not None and self._decoded[0] == (k, ci):
+                chunk = self._decoded[1]
+            elif sm.offsets[ci] < 0:
+                chunk = np.zeros((c, *self.row_shape), self.dtype)
+            else:
+                off, nb = int(sm.offsets[ci]), int(sm.nbytes[ci])
+                raw = self.decoder.decode(sm.buf[off:off + nb])
+                chunk = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(c, *self.row_shape)
+                self._decoded = ((k, ci), chunk)
+            out[pos - a:pos - a + take] = chunk[r - ci * c:r - ci * c + take]
+            pos += take
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Stored rows ``[a, b)`` as a new array."""

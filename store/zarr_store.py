@@ -287,7 +287,7 @@ class ZarrFeatureSet(FeatureSet):
                     break
                 hi = max(hi, row_a[j] + n_a[j])
                 stop += 1
-            if seg.fast:  # memory-mapped shards: no syscalls to save, read each video in place
+            if seg.direct:  # memory-mapped shards: no syscalls to save, read each video in place
                 for j in order[start:stop]:
                     done[int(j)] = self._read_pos(int(j))
                 start = stop
@@ -357,7 +357,7 @@ class ZarrFeatureSet(FeatureSet):
             try:
                 ref = seg.read_zarr(int(lo), hi)
                 t, f = seg.times_zarr(int(lo), hi)
-                fast = seg.read(int(lo), hi) if seg.fast else ref
+                fast = seg.read(int(lo), hi) if seg.direct else ref
             except Exception as e:  # any decode failure is reported against the videos it hides
                 problems += [f"set {self.name!r}, video {idx.ids[j]!r}: cannot read rows ({e})" for j in block]
                 continue
