@@ -6,7 +6,7 @@ worker takes every ``num_workers``-th video and, per video, yields
 * ``ClipChunk`` items: up to ``chunk_frames`` newly decoded frames' worth of windows,
   ``clips`` ``(n, V, C, L, h, w)`` float32 (decoding window by window keeps memory bounded
   for a video of any length), then
-* one ``VideoEnd`` with the video's metadata and row layout, or
+* one ``VideoEnd`` with the video's metadata and time grid, or
 * one ``VideoFailed`` when decoding or preprocessing raised (errors are values, so the
   loader keeps going).
 
@@ -52,16 +52,32 @@ class ClipChunk:
     first: int
     clips: torch.Tensor
 
+    def pin_memory(self) -> "ClipChunk":
+        """Page-locked copy for asynchronous host-to-GPU transfer (DataLoader ``pin_memory``)."""
+        return ClipChunk(self.key, self.first, self.clips.pin_memory())
+
 
 @dataclass(frozen=True, eq=False)
 class VideoEnd:
-    """All windows of video ``key`` have been sent (``n_windows`` of them)."""
+    """All windows of video ``key`` have been sent (``n_windows`` of them).
+
+    ``positions`` ``(W, L)``, ``times`` ``(K,)`` (NaN for frames no window reads), ``src_idx``
+    ``(K,)`` and ``period`` (s) give the rows' time grid (``layout``); the row count per window
+    is the model's, so the main process computes it.
+    """
 
     key: int
     meta: VideoMeta
     n_windows: int
     n_frames_decoded: int
-    layout: RowLayout
+    positions: np.ndarray
+    times: np.ndarray
+    src_idx: np.ndarray
+    period: float
+
+    def layout(self, rows_per_window: int) -> RowLayout:
+        """Start/end seconds and source-frame indices of the video's rows."""
+        return row_layout(self.positions, self.times, self.src_idx, self.period, rows_per_window)
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,6 @@ class StreamOptions:
 
     spec: BackboneSpec
     sampling: Sampling
-    rows_per_window: int
     modality: str = "rgb"
     decoder: str = "auto"
     timeout_s: float = 120.0
@@ -213,7 +228,6 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
                     del cache[s]
         cache.clear()
         period = frame_period(times[~np.isnan(times)], opts.sampling.fps or info.fps)
-        layout = row_layout(positions, times, src_idx, period, opts.rows_per_window)
         meta = VideoMeta(
             video_id=task.video_id,
             source=task.path,
@@ -224,7 +238,7 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
             n_frames=int(info.n_frames),
             duration=float(info.duration),
         )
-        yield VideoEnd(task.key, meta, n_win, n_decoded, layout)
+        yield VideoEnd(task.key, meta, n_win, n_decoded, positions, times, src_idx, period)
     except Exception as exc:  # one bad video must not stop the job: report it as a value
         yield _failure(task, exc)
     finally:

@@ -504,8 +504,9 @@ class _Pipeline:
     modality: str
 
 
-def build_pipeline(cfg: ExtractConfig) -> _Pipeline:
-    """Backbone, resolved sampling and row shape for ``cfg``."""
+def build_pipeline(cfg: ExtractConfig, *, probe: bool = True) -> _Pipeline:
+    """Backbone and resolved sampling for ``cfg``; ``probe`` also runs one dummy window to
+    learn the rows per window and the row shape (``probe_pipeline``)."""
     import torch
 
     if cfg.threads:
@@ -518,52 +519,66 @@ def build_pipeline(cfg: ExtractConfig) -> _Pipeline:
         model.check_endpoint(endpoint)  # raises BackboneError listing the valid endpoints
     sampling = cfg.sampling_for(spec, endpoint=endpoint)
     autocast = autocast_dtype_for(cfg.precision, device)
-    rows_per_window, feat_shape = probe_rows(model, spec, sampling, device, autocast)
-    row_shape = (sampling.n_views, *feat_shape) if sampling.n_views > 1 else feat_shape
-    return _Pipeline(model, spec, sampling, device, autocast, rows_per_window, row_shape, _modality(cfg, spec))
+    pipe = _Pipeline(model, spec, sampling, device, autocast, 0, (), _modality(cfg, spec))
+    if probe:
+        probe_pipeline(pipe)
+    return pipe
 
 
-def _iterate(
-    cfg: ExtractConfig,
-    pipe: _Pipeline,
-    tasks: Sequence[Any],
-    on_rows: Callable[[Any, VideoRows, VideoMeta], None],
-    on_failure: Callable[[Any, str, str], None],
-    on_frames: Callable[[int], None] = lambda n: None,
-    workers: int | None = None,
-) -> float:
-    """Decode ``tasks`` in workers, batch windows across videos, hand finished rows over.
+def probe_pipeline(pipe: _Pipeline) -> None:
+    """Fill ``rows_per_window`` and ``row_shape`` from one dummy window."""
+    rows_per_window, feat_shape = probe_rows(pipe.model, pipe.spec, pipe.sampling, pipe.device, pipe.autocast_dtype)
+    pipe.rows_per_window = rows_per_window
+    pipe.row_shape = (pipe.sampling.n_views, *feat_shape) if pipe.sampling.n_views > 1 else feat_shape
 
-    Returns:
-        Seconds the model side waited for decoded windows (0 when decoding kept up).
-    """
-    import torch
+
+def _open_stream(cfg: ExtractConfig, pipe: _Pipeline, tasks: Sequence[Any], workers: int | None = None):
+    """Start decoding ``tasks`` (DataLoader workers begin at once); returns the item iterator."""
     from torch.utils.data import DataLoader
 
-    from ._packer import ClipPacker
-    from ._stream import ClipChunk, StreamOptions, VideoEnd, VideoFailed, WindowStream, worker_init
+    from ._stream import StreamOptions, WindowStream, worker_init
 
-    by_key = {t.key: t for t in tasks}
     opts = StreamOptions(
         spec=pipe.spec,
         sampling=pipe.sampling,
-        rows_per_window=pipe.rows_per_window,
         modality=pipe.modality,
         decoder=cfg.decoder,
         timeout_s=cfg.timeout,
         chunk_frames=cfg.chunk_frames,
     )
-    n_workers = cfg.workers if workers is None else workers
-    n_workers = min(n_workers, len(tasks))
-    cuda = pipe.device.type == "cuda"
+    n_workers = min(cfg.workers if workers is None else workers, len(tasks))
     loader = DataLoader(
         WindowStream(tasks, opts),
         batch_size=None,
         num_workers=n_workers,
-        pin_memory=cuda,
+        pin_memory=pipe.device.type == "cuda",
         prefetch_factor=cfg.prefetch if n_workers else None,
         worker_init_fn=worker_init if n_workers else None,
     )
+    return iter(loader)
+
+
+def _consume(
+    cfg: ExtractConfig,
+    pipe: _Pipeline,
+    tasks: Sequence[Any],
+    items: Any,
+    on_rows: Callable[[Any, VideoRows, VideoMeta], None],
+    on_failure: Callable[[Any, str, str], None],
+    on_frames: Callable[[int], None] = lambda n: None,
+) -> float:
+    """Batch the stream's windows across videos, run the model, hand finished rows over.
+
+    Returns:
+        Seconds the model side waited for decoded windows (0 when decoding kept up).
+    """
+    import torch
+
+    from ._packer import ClipPacker
+    from ._stream import ClipChunk, VideoEnd, VideoFailed
+
+    by_key = {t.key: t for t in tasks}
+    cuda = pipe.device.type == "cuda"
 
     def run_batch(clips: torch.Tensor) -> torch.Tensor:
         # (B, V, C, L, h, w) -> (B, R, V, *F)
@@ -576,7 +591,7 @@ def _iterate(
             feats = np.zeros((0, *pipe.row_shape), np.float32)
             rows = VideoRows(feats, np.zeros(0), np.zeros(0), np.zeros((0, 2), np.int64))
         else:
-            rows = assemble_rows(outputs, end.layout, pipe.sampling.n_views)
+            rows = assemble_rows(outputs, end.layout(pipe.rows_per_window), pipe.sampling.n_views)
         try:
             on_rows(task, rows, end.meta)
         except Exception as exc:  # a rejected write (non-finite rows, conflict) fails this video only
@@ -584,7 +599,6 @@ def _iterate(
 
     packer = ClipPacker(run_batch, cfg.batch_size, done)
     waited = 0.0
-    items = iter(loader)
     while True:
         t0 = time.perf_counter()
         item = next(items, None)
@@ -601,6 +615,19 @@ def _iterate(
             on_failure(by_key[item.key], item.kind, item.message)
     packer.flush()
     return waited
+
+
+def _iterate(
+    cfg: ExtractConfig,
+    pipe: _Pipeline,
+    tasks: Sequence[Any],
+    on_rows: Callable[[Any, VideoRows, VideoMeta], None],
+    on_failure: Callable[[Any, str, str], None],
+    on_frames: Callable[[int], None] = lambda n: None,
+    workers: int | None = None,
+) -> float:
+    """Decode ``tasks`` in workers and extract them (``_open_stream`` + ``_consume``)."""
+    return _consume(cfg, pipe, tasks, _open_stream(cfg, pipe, tasks, workers), on_rows, on_failure, on_frames)
 
 
 def _open_store(path: str, mode: str):
@@ -667,18 +694,23 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
     """``run_extraction`` for one process: its shard of ``tasks_all`` into the store."""
     s_index, s_count = resolve_shard(cfg.shard)
     index, count = s_index * world + rank, s_count * world
-    pipe = build_pipeline(cfg)
+    pipe = build_pipeline(cfg, probe=False)
     if count > 1:
         weights = _duration_weights(tasks_all, cfg.decoder, pipe.modality)
         tasks = [tasks_all[i] for i in select_shard(weights, index, count)]
     else:
         tasks = tasks_all
     name = cfg.feature_set or default_set_name(cfg.backbone, pipe.sampling)
-    info = set_info(cfg, pipe.spec, pipe.sampling, pipe.row_shape, name)
 
     own_store = store is None
     fstore = _open_store(cfg.store, "a") if own_store else store
     try:
+        committed = set(fstore.open_set(name, allow_stale=True).video_ids()) if name in fstore.feature_sets() else set()
+        todo = [t for t in tasks if t.video_id not in committed]
+        # decoding workers start now and overlap the probe forward pass and the set creation
+        items = _open_stream(cfg, pipe, todo) if todo else iter(())
+        probe_pipeline(pipe)
+        info = set_info(cfg, pipe.spec, pipe.sampling, pipe.row_shape, name)
         if rank == 0:
             fstore.set_backbone_weights(cfg.backbone, pipe.spec.weights_id)
             fs = fstore.create_set(info, exist_ok=True)
@@ -686,8 +718,6 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
             dist.barrier()
         if rank != 0:
             fs = fstore.create_set(info, exist_ok=True)
-        committed = set(fs.video_ids())
-        todo = [t for t in tasks if t.video_id not in committed]
         summary = ExtractSummary(
             store=str(getattr(fstore, "path", cfg.store)), feature_set=name, shard=(index, count),
             n_videos=len(tasks), n_skipped=len(tasks) - len(todo),
@@ -709,8 +739,7 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
         def on_frames(n: int) -> None:
             summary.n_frames += n
 
-        if todo:
-            summary.wait_seconds = _iterate(cfg, pipe, todo, on_rows, on_failure, on_frames)
+        summary.wait_seconds = _consume(cfg, pipe, todo, items, on_rows, on_failure, on_frames)
         summary.seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()

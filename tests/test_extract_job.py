@@ -172,7 +172,7 @@ def test_failures_are_recorded_and_job_carries_on(videos, tmp_path, monkeypatch)
     write_video(tmp_path / "stuck_hang.mp4", 9)
     (tmp_path / "list.txt").write_text("good.mp4 0\nmissing.mp4 1\nnotes.txt 2\ncut.mp4 3\nstuck_hang.mp4 4\n")
     monkeypatch.setenv("FEATBANK_DECODE_TEST_HOOK", "hang:stuck_hang")
-    cfg = tiny_cfg(tmp_path / "list.txt", timeout=3.0)
+    cfg = tiny_cfg(tmp_path / "list.txt", timeout=5.0)
     store = MemoryStore()
     summary = run_extraction(cfg, progress=False, store=store)
     assert summary.exit_code == 2

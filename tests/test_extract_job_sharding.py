@@ -10,7 +10,6 @@ import torch
 
 from featbank.extract._packer import ClipPacker
 from featbank.extract._stream import ClipChunk, VideoEnd, chunk_windows
-from featbank.extract.features import RowLayout
 from featbank.extract.sharding import (
     balance_shards,
     distributed_rank,
@@ -86,8 +85,8 @@ def test_chunk_windows_respects_budget_and_covers_all():
 
 
 def _end(key, n):
-    lay = RowLayout(np.zeros(n), np.ones(n), np.zeros((n, 2), np.int64), np.ones(n, bool))
-    return VideoEnd(key, VideoMeta(video_id=f"v{key}"), n, 0, lay)
+    pos = np.arange(n)[:, None]
+    return VideoEnd(key, VideoMeta(video_id=f"v{key}"), n, 0, pos, np.arange(n) / 30, np.arange(n), 1 / 30)
 
 
 def test_packer_fills_batches_across_videos_and_scatters_back():
@@ -111,6 +110,8 @@ def test_packer_fills_batches_across_videos_and_scatters_back():
     assert sum(calls) == sum(lengths.values())
     assert set(done) == set(lengths)
     assert done[3] is None
+    lay = _end(2, 6).layout(1)
+    np.testing.assert_array_equal(lay.frame_idx[:, 0], np.arange(6))
     for key, n in lengths.items():
         if n:
             assert done[key].shape == (n, 1, 1, 1)
