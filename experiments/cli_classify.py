@@ -38,13 +38,14 @@ def run_classify(args: argparse.Namespace) -> int:
     import torch
 
     from featbank.extract.backbones import create_backbone
-    from featbank.extract.classify import classify_video
+    from featbank.extract.classify import check_classifier, classify_video
     from featbank.extract.errors import ExtractError
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     weights = None if args.weights == "none" else args.weights
     model = create_backbone(args.backbone, weights=weights)
+    check_classifier(model)  # a wrong head fails once, before any video
     preds, failed = [], 0
     for video in args.videos:
         try:

@@ -79,7 +79,8 @@ def classify_frames(model, frames: np.ndarray) -> torch.Tensor:
         return model(x)[0].float()  # (1, K) -> (K,)
 
 
-def _check_classifier(model, labels: Sequence[str]) -> None:
+def check_classifier(model, labels: Sequence[str] = KINETICS400_LABELS) -> None:
+    """Raise BackboneError unless ``model`` has one logit per label."""
     if model.num_classes != len(labels):
         raise BackboneError(
             f"{model.spec.name} has {model.num_classes} classes but {len(labels)} labels are given; "
@@ -105,7 +106,7 @@ def classify_video(
     """
     from featbank.extract.decode import decode_video
 
-    _check_classifier(model, labels)
+    check_classifier(model, labels)
     spec = model.spec
     frames = decode_video(path, backend=backend, fps=spec.target_fps).frames  # (T, H, W, C) uint8
     frames = frames[:: max(1, spec.frame_stride)]
