@@ -138,6 +138,13 @@ class ShardMap:
         if chunk_bytes is not None:
             bad |= present & (nbytes != chunk_bytes)
         self.offsets[~present] = -1  # -1: chunk never written (all fill value)
+        self.offsets_list = self.offsets.tolist()
+        # run_end[ci]: last chunk of the run of chunks stored back to back starting at ci
+        n = len(self.offsets)
+        step = chunk_bytes if chunk_bytes is not None else -1
+        joined = present[:-1] & present[1:] & (self.offsets[1:] == self.offsets[:-1] + step)
+        breaks = np.append(np.flatnonzero(~joined), n - 1)
+        self.run_end = breaks[np.searchsorted(breaks, np.arange(n))].tolist()
         if bad.any():
             raise CorruptDataError(
                 f"shard {path}: chunk {int(np.flatnonzero(bad)[0])} lies outside the file or has the wrong size"
@@ -319,31 +326,28 @@ class Segment:
         if not self.fast:
             self._read_compressed(a, b, out)
             return
-        flat = out.reshape(b - a, -1).view(np.uint8).reshape(-1)
+        if not out.flags.c_contiguous:
+            tmp = np.empty(out.shape, self.dtype)
+            self.read_into(a, b, tmp)
+            out[...] = tmp
+            return
+        flat = out.reshape(-1).view(np.uint8)
         c, s, rb = self.layout.rows_per_chunk, self.rows_per_shard, self.row_bytes
         pos = a
         while pos < b:
-            k = pos // s
+            k, r = divmod(pos, s)
+            sm = self._shards.get(k) or self._shard(k)
             stop = min(b, (k + 1) * s)
-            sm = self._shard(k)
-            r = pos - k * s
-            last = (stop - 1 - k * s) // c
-            while pos < stop:
-                ci = r // c
-                off = int(sm.offsets[ci])
-                if off < 0:
-                    take = min(stop - pos, (ci + 1) * c - r)
-                    flat[(pos - a) * rb:(pos - a + take) * rb] = 0
-                else:
-                    # one copy across the following chunks stored back to back in the file
-                    want = off + self.chunk_bytes * np.arange(last - ci + 1, dtype=np.int64)
-                    ok = sm.offsets[ci:last + 1] == want
-                    run = len(ok) if ok.all() else int(ok.argmin())
-                    take = min(stop - pos, (ci + run) * c - r)
-                    src0 = off + (r - ci * c) * rb
-                    flat[(pos - a) * rb:(pos - a + take) * rb] = sm.buf[src0:src0 + take * rb]
-                pos += take
-                r += take
+            ci = r // c
+            off = sm.offsets_list[ci]
+            if off < 0:  # never written: fill value
+                take = min(stop - pos, (ci + 1) * c - r)
+                flat[(pos - a) * rb:(pos - a + take) * rb] = 0
+            else:  # one copy across the chunks stored back to back from here
+                take = min(stop - pos, (sm.run_end[ci] + 1) * c - r)
+                src0 = off + (r - ci * c) * rb
+                flat[(pos - a) * rb:(pos - a + take) * rb] = sm.buf[src0:src0 + take * rb]
+            pos += take
 
     def _read_compressed(self, a: int, b: int, out: np.ndarray) -> None:
         """Rows ``[a, b)`` of compressed chunks: each chunk is decoded once (the last one is kept)."""
