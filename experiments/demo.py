@@ -141,7 +141,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
     from featbank.experiments.cycda import format_table, load_cycda_config, run_cycle
     from featbank.experiments.synth_i2v import generate
 
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out).resolve()  # extraction configs record absolute paths (a refresh re-reads them)
     out.mkdir(parents=True, exist_ok=True)
     data_dir, store_path, run_dir = out / "data", out / "store.zarr", out / "cycda"
@@ -193,6 +193,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
         "timings": timings,
         "plot": str(run_dir / "accuracy.png"),
         "seconds": time.perf_counter() - t_start,
+        "cpu_seconds": time.process_time() - cpu_start,
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"source-only {results['source_only_acc']:.3f} -> final {results['final_acc']:.3f}   "
