@@ -48,6 +48,7 @@ from .base import FeatureSet, FeatureStore
 from .errors import StaleFeaturesError, StoreError
 
 BANK_FORMAT = 1
+AUTO_MIN_SPEEDUP = 2.0  # `auto` keeps an approximate index only when it beats exact search by this factor
 METRICS = ("cosine", "l2")
 LEVELS = ("row", "video")
 
@@ -94,6 +95,7 @@ class BankInfo:
         build_seconds: wall time of the build (train + add + tune).
         gpu: whether searches ran on a GPU when built.
         created: ISO-8601 creation time.
+        auto_reason: why ``auto`` fell back to exact search (the tuned index was not faster).
     """
 
     set_name: str = ""
@@ -115,6 +117,7 @@ class BankInfo:
     build_seconds: float = 0.0
     gpu: bool = False
     created: str = ""
+    auto_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -232,10 +235,7 @@ def choose_index(n: int, dim: int, *, flat_max: int = 50_000, memory_budget: int
 
 
 def _exact_neighbours(data: np.ndarray, queries: np.ndarray, k: int, metric_type: int) -> np.ndarray:
-    faiss = _faiss()
-    flat = faiss.IndexFlat(data.shape[1], metric_type)
-    flat.add(data)
-    return flat.search(queries, k)[1]
+    return _faiss().knn(queries, data, k, metric=metric_type)[1]  # brute force, no copy of data
 
 
 def _recall_excluding_self(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: int) -> float:
@@ -380,7 +380,18 @@ class FaissBank:
             **fields,
         )
         bank = cls(idx, info, video_ids, rows, y, gpu=gpu)
-        bank._tune(x, recall_target, tune_queries, rng)
+        t_exact, t_approx = bank._tune(x, recall_target, tune_queries, rng)
+        if index == "auto" and factory != "Flat" and t_approx * AUTO_MIN_SPEEDUP > t_exact:
+            budget = _memory_budget() if memory_budget is None else int(memory_budget)
+            if n * dim * 4 <= budget:  # the tuned index is not worth it on this data: exact search
+                reason = (f"{factory} needed nprobe={bank.info.nprobe} for recall@10 {bank.info.recall_at_10:.3f} "
+                          f"and was only {t_exact / max(t_approx, 1e-9):.1f}x faster than exact search "
+                          f"(< {AUTO_MIN_SPEEDUP}x)")
+                flat = faiss.index_factory(dim, "Flat", metric_type)
+                flat.add(x)
+                info = dataclasses.replace(info, index="Flat", train_size=0, auto_reason=reason)
+                bank = cls(flat, info, video_ids, rows, y, gpu=gpu)
+                bank._tune(x, recall_target, tune_queries, rng)
         bank.info = dataclasses.replace(
             bank.info, build_seconds=round(time.perf_counter() - t0, 3), gpu=bank._search_index is not bank.index
         )
@@ -455,20 +466,29 @@ class FaissBank:
             if value:
                 ps.set_index_parameter(self._search_index, name, int(value))
 
-    def _tune(self, x: np.ndarray, target: float, n_queries: int, rng: np.random.Generator, k: int = 10) -> None:
-        """Pick the smallest nprobe / efSearch / k_factor reaching ``target`` recall@k."""
+    def _tune(
+        self, x: np.ndarray, target: float, n_queries: int, rng: np.random.Generator, k: int = 10
+    ) -> tuple[float, float]:
+        """Pick the smallest nprobe / efSearch / k_factor reaching ``target`` recall@k.
+
+        Returns:
+            ``(exact_seconds, approx_seconds)``: batch times of exact search and of the tuned
+            index on the tuning queries (``(0, 0)`` for exact indexes).
+        """
         faiss = _faiss()
         n = len(x)
         ivf, hnsw, refine = _ivf_of(self.index), _hnsw_of(self.index), _refine_of(self.index)
-        if ivf is None and hnsw is None and refine is None:  # exact index
+        if isinstance(faiss.downcast_index(self.index), faiss.IndexFlat):  # exact: nothing to measure
             self.info = dataclasses.replace(self.info, recall_at_10=1.0, tune_queries=0)
-            return
+            return 0.0, 0.0
         nq = int(min(n_queries, n))
         qid = np.sort(rng.choice(n, nq, replace=False))
         q = x[qid]
         kk = min(k + 1, n)
         metric_type = faiss.METRIC_INNER_PRODUCT if self.info.metric == "cosine" else faiss.METRIC_L2
+        t0 = time.perf_counter()
         exact = _exact_neighbours(x, q, kk, metric_type)
+        t_exact = time.perf_counter() - t0
         ps = self._param_space()
 
         def recall_with(name: str, value: int) -> float:
@@ -484,8 +504,9 @@ class FaissBank:
             chosen["nprobe"], rec = _smallest_reaching(lambda v: recall_with("nprobe", v), 1, ivf.nlist, target)
         elif hnsw is not None:
             chosen["efSearch"], rec = _smallest_reaching(lambda v: recall_with("efSearch", v), 16, 4096, target)
-        else:
-            rec = 0.0
+        else:  # no search-time parameter (e.g. flat PQ codes): measure only
+            approx = self._search_index.search(q, kk)[1]
+            rec = _recall_excluding_self(approx, exact, qid, k)
         if refine is not None and rec < target:
             chosen["k_factor"], rec = _smallest_reaching(lambda v: recall_with("k_factor", v), 4, 256, target)
         self.info = dataclasses.replace(
@@ -497,6 +518,9 @@ class FaissBank:
             tune_queries=nq,
         )
         self._apply_params()
+        t0 = time.perf_counter()
+        self._search_index.search(q, kk)
+        return t_exact, time.perf_counter() - t0
 
     # ---- device ------------------------------------------------------------------------------
     @staticmethod
@@ -778,6 +802,10 @@ class FaissBank:
     @classmethod
     def open(cls, store: FeatureStore, set_name: str, name: str = "default", **kw: Any) -> "FaissBank":
         """Load the bank saved at ``default_bank_dir(store.path, set_name, name)``."""
+        from .memory import MemoryStore
+
+        if isinstance(store, MemoryStore):
+            raise BankError("an in-memory store has no folder to keep banks next to: use FaissBank.load(dir, store=store)")
         return cls.load(default_bank_dir(store.path, set_name, name), store=store, **kw)
 
     def __repr__(self) -> str:

@@ -76,7 +76,7 @@ def test_tuned_index_reaches_recall_target(factory):
     assert neighbour_recall(i, ei, 10) >= 0.93
 
 
-def test_auto_choice():
+def test_auto_choice(monkeypatch):
     assert choose_index(1000, 512) == "Flat"
     assert choose_index(200_000, 512, memory_budget=1 << 40) == "IVF1024,Flat"
     assert choose_index(200_000, 512, memory_budget=300 << 20) == "IVF1024,SQfp16"
@@ -84,7 +84,16 @@ def test_auto_choice():
     with pytest.raises(BankError, match="PQ"):
         choose_index(200_000, 512, memory_budget=10 << 20)
     x, _ = clustered(3000, 8, 5)
-    assert FaissBank.from_arrays(x, flat_max=1000, tune_queries=100).info.index.startswith("IVF")
+    import featbank.store.bank as bank_mod
+
+    monkeypatch.setattr(bank_mod, "AUTO_MIN_SPEEDUP", 0.0)  # keep any tuned index
+    kept = FaissBank.from_arrays(x, flat_max=1000, tune_queries=100)
+    assert kept.info.index.startswith("IVF") and kept.info.nprobe >= 1 and not kept.info.auto_reason
+    monkeypatch.setattr(bank_mod, "AUTO_MIN_SPEEDUP", 1e9)  # no index can be that much faster
+    fallback = FaissBank.from_arrays(x, flat_max=1000, tune_queries=100)
+    assert fallback.info.index == "Flat" and "faster than exact" in fallback.info.auto_reason
+    assert fallback.info.recall_at_10 == 1.0 and fallback.ntotal == 3000
+    assert FaissBank.from_arrays(x, index="IVF16,Flat", tune_queries=100).info.index == "IVF16,Flat"  # explicit: kept
 
 
 def test_save_load_and_incremental_add(tmp_path):
@@ -211,3 +220,15 @@ def test_zarr_mapping_survives_compaction(tmp_path):
         first = reopened.neighbours(d2, i2)[0][0]
         assert (first.video, first.row) == (v, r)
         np.testing.assert_allclose(reopened.vectors_of(v, r)[0], store.open_set(SET).read(v).feats[r], rtol=1e-6)
+
+
+def test_pq_codes_record_their_measured_recall():
+    """An index with no search-time knob is still measured: coarse PQ codes lose true neighbours."""
+    x, _ = clustered(3000, 32, 10, spread=1.0)
+    bank = FaissBank.from_arrays(x, index="PQ4x4", tune_queries=200)
+    assert bank.info.tune_queries == 200 and bank.info.nprobe == 0
+    assert bank.info.recall_at_10 < 0.6
+    q = x[:100]
+    _, i = bank.search(q, 10)
+    _, ei = exact_search(x, q, 10)
+    assert abs(neighbour_recall(i, ei, 10) - bank.info.recall_at_10) < 0.25
