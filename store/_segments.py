@@ -11,18 +11,19 @@ On local folders with uncompressed inner chunks (the default) both directions sk
 zarr-python. A shard file is created complete (temp file + rename): a sparse file whose
 chunks sit back to back at fixed offsets, with its final index and checksum already at the
 end, so it is a valid Zarr v3 shard from the moment it appears. Rows are then written in
-place with ``pwrite`` (committed rows are never touched again) and read by copying out of a
-shared read-only memory map after decoding the shard index once (``ShardMap``). The small
-``times`` / ``frame_idx`` chunk files are laid out and filled the same way.
+place with ``pwrite`` (committed rows are never touched again) and read with one ``preadv``
+per run of back-to-back chunks, straight into the caller's array, after decoding the shard
+index once (``ShardMap``). The small ``times`` / ``frame_idx`` chunk files are laid out and
+filled the same way.
 
-Compressed sets and fsspec URLs write and read through zarr-python, whose stores replace a
-shard file (or object) atomically; each writer owns its segment, so no shard is ever
+Compressed local sets write through zarr-python (whose local store replaces a shard file
+atomically) and are read directly, each chunk decoded with numcodecs. fsspec URLs write and
+read through zarr-python. Each writer owns its segment, so no shard is ever
 read-modify-written by two processes.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import uuid
 from dataclasses import asdict, dataclass
@@ -118,25 +119,33 @@ class Layout:
 
 
 class ShardMap:
-    """Direct reads of one shard file: the index decoded once, rows copied from a memory map."""
+    """Direct reads of one shard file: the index decoded once, bytes read with ``pread``."""
 
     def __init__(self, path: str, n_chunks: int, chunk_bytes: int | None) -> None:
         """``chunk_bytes``: size of every stored chunk (uncompressed), None when chunks are compressed."""
         self.path = path
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            st = os.fstat(self.fd)
             size, self.inode = st.st_size, (st.st_ino, st.st_mtime_ns)
             index_bytes = n_chunks * 16 + _INDEX_CRC_BYTES
             if size < index_bytes:
                 raise CorruptDataError(f"shard {path}: {size} bytes, shorter than its {index_bytes}-byte index")
-            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        index = np.frombuffer(self.mm, dtype="<u8", count=n_chunks * 2, offset=size - index_bytes).reshape(-1, 2)
-        present = index[:, 0] != _EMPTY
-        self.offsets = np.where(present, index[:, 0], 0).astype(np.int64)
-        self.nbytes = nbytes = np.where(present, index[:, 1], 0).astype(np.int64)
-        bad = present & (self.offsets + nbytes > size - index_bytes)
-        if chunk_bytes is not None:
-            bad |= present & (nbytes != chunk_bytes)
+            raw = os.pread(self.fd, n_chunks * 16, size - index_bytes)
+            index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+            present = index[:, 0] != _EMPTY
+            self.offsets = np.where(present, index[:, 0], 0).astype(np.int64)
+            self.nbytes = nbytes = np.where(present, index[:, 1], 0).astype(np.int64)
+            bad = present & (self.offsets + nbytes > size - index_bytes)
+            if chunk_bytes is not None:
+                bad |= present & (nbytes != chunk_bytes)
+            if bad.any():
+                raise CorruptDataError(
+                    f"shard {path}: chunk {int(np.flatnonzero(bad)[0])} lies outside the file or has the wrong size"
+                )
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.offsets[~present] = -1  # -1: chunk never written (all fill value)
         self.offsets_list = self.offsets.tolist()
         # run_end[ci]: last chunk of the run of chunks stored back to back starting at ci
@@ -145,18 +154,20 @@ class ShardMap:
         joined = present[:-1] & present[1:] & (self.offsets[1:] == self.offsets[:-1] + step)
         breaks = np.append(np.flatnonzero(~joined), n - 1)
         self.run_end = breaks[np.searchsorted(breaks, np.arange(n))].tolist()
-        if bad.any():
-            raise CorruptDataError(
-                f"shard {path}: chunk {int(np.flatnonzero(bad)[0])} lies outside the file or has the wrong size"
-            )
-        self.buf = np.frombuffer(self.mm, dtype=np.uint8)
+
+    def read_into(self, dst: memoryview, offset: int) -> None:
+        """Fill ``dst`` with the file's bytes from ``offset`` (a short read means a truncated file)."""
+        got = os.preadv(self.fd, [dst], offset)
+        while got < len(dst):
+            more = os.preadv(self.fd, [dst[got:]], offset + got)
+            if more == 0:
+                raise CorruptDataError(f"shard {self.path}: file ends before byte {offset + len(dst)}")
+            got += more
 
     def close(self) -> None:
-        self.buf = None  # type: ignore[assignment]
-        try:
-            self.mm.close()
-        except BufferError:  # a caller still holds a view; the map closes when it is dropped
-            pass
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Segment:
@@ -292,7 +303,7 @@ class Segment:
 
     # ---- reads ------------------------------------------------------------------------
     def _shard(self, k: int) -> ShardMap:
-        """Shard ``k``, memory-mapped (a shared map: rows written later in place show up in it)."""
+        """Shard ``k`` with its decoded index (rows written later in place are read from the same file)."""
         sm = self._shards.get(k)
         path = os.path.join(self.dir, "feats", "c", str(k), *(["0"] * len(self.row_shape)))
         if sm is not None:
@@ -307,6 +318,9 @@ class Segment:
                           self.chunk_bytes if self.fast else None)
         except FileNotFoundError:
             raise CorruptDataError(f"segment {self.key}: shard file {path} is missing") from None
+        if len(self._shards) >= 256:  # bound open file handles: drop the oldest
+            oldest = next(iter(self._shards))
+            self._shards.pop(oldest).close()
         self._shards[k] = sm
         self._decoded = None
         return sm
@@ -331,7 +345,7 @@ class Segment:
             self.read_into(a, b, tmp)
             out[...] = tmp
             return
-        flat = out.reshape(-1).view(np.uint8)
+        flat = memoryview(out.reshape(-1).view(np.uint8))
         c, s, rb = self.layout.rows_per_chunk, self.rows_per_shard, self.row_bytes
         pos = a
         while pos < b:
@@ -342,11 +356,11 @@ class Segment:
             off = sm.offsets_list[ci]
             if off < 0:  # never written: fill value
                 take = min(stop - pos, (ci + 1) * c - r)
-                flat[(pos - a) * rb:(pos - a + take) * rb] = 0
+                out.reshape(-1).view(np.uint8)[(pos - a) * rb:(pos - a + take) * rb] = 0
             else:  # one copy across the chunks stored back to back from here
                 take = min(stop - pos, (sm.run_end[ci] + 1) * c - r)
                 src0 = off + (r - ci * c) * rb
-                flat[(pos - a) * rb:(pos - a + take) * rb] = sm.buf[src0:src0 + take * rb]
+                sm.read_into(flat[(pos - a) * rb:(pos - a + take) * rb], src0)
             pos += take
 
     def _read_compressed(self, a: int, b: int, out: np.ndarray) -> None:
@@ -364,7 +378,9 @@ class Segment:
                 chunk = np.zeros((c, *self.row_shape), self.dtype)
             else:
                 off, nb = int(sm.offsets[ci]), int(sm.nbytes[ci])
-                raw = self.decoder.decode(sm.buf[off:off + nb])
+                buf = bytearray(nb)
+                sm.read_into(memoryview(buf), off)
+                raw = self.decoder.decode(buf)
                 chunk = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).reshape(c, *self.row_shape)
                 self._decoded = ((k, ci), chunk)
             out[pos - a:pos - a + take] = chunk[r - ci * c:r - ci * c + take]

@@ -287,7 +287,7 @@ class ZarrFeatureSet(FeatureSet):
                     break
                 hi = max(hi, row_a[j] + n_a[j])
                 stop += 1
-            if seg.direct:  # memory-mapped shards: no syscalls to save, read each video in place
+            if seg.direct:  # one pread per video, in location order, straight into its own array
                 for j in order[start:stop]:
                     done[int(j)] = self._read_pos(int(j))
                 start = stop
