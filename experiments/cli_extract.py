@@ -118,7 +118,7 @@ def _merge_remainder(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in vars(later).items():
         if key == "items":
             merged.items = list(value)
-        elif value not in (None, False):
+        elif value is not None and value is not False:  # 0 is a real value (--workers 0)
             setattr(merged, key, value)
     return merged
 

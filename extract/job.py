@@ -35,6 +35,7 @@ from .sharding import distributed_rank, resolve_shard, select_shard
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+START_METHODS = ("forkserver", "fork", "spawn")
 MODALITIES = ("auto", "rgb", "flow")
 STORE_DTYPES = ("float16", "float32", "bfloat16")
 MANIFEST_FORMATS = ("auto", "path_label", "csv", "mmaction", "tree")
@@ -76,6 +77,9 @@ class ExtractConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         workers: DataLoader decoding workers (0 decodes in the main process).
+        start_method: how workers start: ``forkserver`` (default: safe when the job already
+            runs threads - the Zarr store's I/O loop, gloo, OpenMP), ``fork`` (fastest start) or
+            ``spawn``.
         prefetch: chunks queued per worker.
         batch_size: windows per model call (windows of several videos share a batch).
         chunk_frames: most source frames a worker decodes at once for one video.
@@ -115,6 +119,7 @@ class ExtractConfig:
     device: str = "auto"
     precision: str = "auto"
     workers: int = 2
+    start_method: str = "forkserver"
     prefetch: int = 2
     batch_size: int = 8
     chunk_frames: int = 64
@@ -138,6 +143,7 @@ class ExtractConfig:
             "dtype": STORE_DTYPES,
             "device": DEVICES,
             "precision": PRECISIONS,
+            "start_method": START_METHODS,
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -547,6 +553,13 @@ def _open_stream(cfg: ExtractConfig, pipe: _Pipeline, tasks: Sequence[Any], work
         chunk_frames=cfg.chunk_frames,
     )
     n_workers = min(cfg.workers if workers is None else workers, len(tasks))
+    context = None
+    if n_workers:
+        import multiprocessing
+
+        context = multiprocessing.get_context(cfg.start_method)
+        if cfg.start_method == "forkserver":  # workers fork from a server that has these imported
+            context.set_forkserver_preload(["torch", "featbank.extract._stream", "featbank.extract.transforms"])
     loader = DataLoader(
         WindowStream(tasks, opts),
         batch_size=None,
@@ -554,6 +567,7 @@ def _open_stream(cfg: ExtractConfig, pipe: _Pipeline, tasks: Sequence[Any], work
         pin_memory=pipe.device.type == "cuda",
         prefetch_factor=cfg.prefetch if n_workers else None,
         worker_init_fn=worker_init if n_workers else None,
+        multiprocessing_context=context,
     )
     return iter(loader)
 

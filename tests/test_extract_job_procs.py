@@ -131,7 +131,7 @@ def test_torchrun_two_ranks_write_one_store(tmp_path):
     manifest.write_text("".join(f"v{i}.mp4 {i}\n" for i in range(len(lengths))))
     store = tmp_path / "dist.zarr"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "featbank.experiments.cli",
-           "extract", "--manifest", str(manifest), "--store", str(store), *FLAGS, "--workers", "0",
+           "extract", "--manifest", str(manifest), "--store", str(store), *FLAGS, "--workers", "1",
            "--timeout", "0"]
     out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout + out.stderr
