@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=1000)
-    ap.add_argument("--spread", type=float, default=0.5, help="within-cluster scale (larger = harder)")
+    ap.add_argument("--spread", type=float, default=1.0, help="within-cluster scale (larger = harder)")
     ap.add_argument("--intrinsic", type=int, default=8, help="intrinsic dimension of a cluster")
     ap.add_argument("--noise", type=float, default=0.1, help="isotropic noise per coordinate")
     ap.add_argument("--hnsw-max-n", type=int, default=50_000,
