@@ -12,8 +12,8 @@ zarr-python. A shard file is created complete (temp file + rename): a sparse fil
 chunks sit back to back at fixed offsets, with its final index and checksum already at the
 end, so it is a valid Zarr v3 shard from the moment it appears. Rows are then written in
 place with ``pwrite`` (committed rows are never touched again) and read with one ``preadv``
-per run of back-to-back chunks, straight into the caller's array, after decoding the shard
-index once (``ShardMap``). The small ``times`` / ``frame_idx`` chunk files are laid out and
+per run of back-to-back chunks straight into the caller's array (scans copy from a memory
+map instead), after decoding the shard index once (``ShardMap``). The small ``times`` / ``frame_idx`` chunk files are laid out and
 filled the same way.
 
 Compressed local sets write through zarr-python (whose local store replaces a shard file
@@ -24,6 +24,7 @@ read-modify-written by two processes.
 
 from __future__ import annotations
 
+import mmap
 import os
 import uuid
 from dataclasses import asdict, dataclass
@@ -39,7 +40,8 @@ from .errors import StoreError
 COMPRESSIONS = ("none", "lz4", "zstd", "blosc-zstd", "gzip")
 _EMPTY = np.uint64(2**64 - 1)
 _INDEX_CRC_BYTES = 4
-TIME_CHUNK_ROWS = 1 << 16  # rows per chunk of the small times / frame_idx arrays
+TIME_CHUNK_ROWS = 1 << 16
+_MMAP_MIN_BYTES = 1 << 20  # reads at least this large copy from a memory map instead of preadv  # rows per chunk of the small times / frame_idx arrays
 
 
 def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
@@ -124,6 +126,7 @@ class ShardMap:
     def __init__(self, path: str, n_chunks: int, chunk_bytes: int | None) -> None:
         """``chunk_bytes``: size of every stored chunk (uncompressed), None when chunks are compressed."""
         self.path = path
+        self.buf: np.ndarray | None = None  # memory map, created on the first large read
         self.fd = os.open(path, os.O_RDONLY)
         try:
             st = os.fstat(self.fd)
@@ -156,7 +159,19 @@ class ShardMap:
         self.run_end = breaks[np.searchsorted(breaks, np.arange(n))].tolist()
 
     def read_into(self, dst: memoryview, offset: int) -> None:
-        """Fill ``dst`` with the file's bytes from ``offset`` (a short read means a truncated file)."""
+        """Fill ``dst`` with the file's bytes from ``offset`` (a short read means a truncated file).
+
+        Small reads use one ``preadv``; large ones (scans) copy from a read-only memory map,
+        which is several times faster than ``preadv`` into freshly allocated memory.
+        """
+        if len(dst) >= _MMAP_MIN_BYTES:
+            if self.buf is None:
+                self.mm = mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ)
+                self.buf = np.frombuffer(self.mm, dtype=np.uint8)
+            if offset + len(dst) > len(self.buf):
+                raise CorruptDataError(f"shard {self.path}: file ends before byte {offset + len(dst)}")
+            np.frombuffer(dst, dtype=np.uint8)[:] = self.buf[offset:offset + len(dst)]
+            return
         got = os.preadv(self.fd, [dst], offset)
         while got < len(dst):
             more = os.preadv(self.fd, [dst[got:]], offset + got)
@@ -165,6 +180,12 @@ class ShardMap:
             got += more
 
     def close(self) -> None:
+        if self.buf is not None:
+            self.buf = None
+            try:
+                self.mm.close()
+            except BufferError:  # a view is still alive; the map closes when it is dropped
+                pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
