@@ -61,6 +61,14 @@ class StaleBankError(StaleFeaturesError):
     """The bank's feature set was produced by backbone weights that are no longer current."""
 
 
+class _NotFasterThanExact(Exception):
+    """Tuning stopped: the index is already too slow to beat exact search (``auto`` falls back)."""
+
+    def __init__(self, name: str, value: int, recall: float, seconds: float) -> None:
+        super().__init__(name)
+        self.name, self.value, self.recall, self.seconds = name, value, recall, seconds
+
+
 class Neighbour(NamedTuple):
     """One search result mapped back to the store."""
 
@@ -380,18 +388,19 @@ class FaissBank:
             **fields,
         )
         bank = cls(idx, info, video_ids, rows, y, gpu=gpu)
-        t_exact, t_approx = bank._tune(x, recall_target, tune_queries, rng)
-        if index == "auto" and factory != "Flat" and t_approx * AUTO_MIN_SPEEDUP > t_exact:
-            budget = _memory_budget() if memory_budget is None else int(memory_budget)
-            if n * dim * 4 <= budget:  # the tuned index is not worth it on this data: exact search
-                reason = (f"{factory} needed nprobe={bank.info.nprobe} for recall@10 {bank.info.recall_at_10:.3f} "
-                          f"and was only {t_exact / max(t_approx, 1e-9):.1f}x faster than exact search "
-                          f"(< {AUTO_MIN_SPEEDUP}x)")
-                flat = faiss.index_factory(dim, "Flat", metric_type)
-                flat.add(x)
-                info = dataclasses.replace(info, index="Flat", train_size=0, auto_reason=reason)
-                bank = cls(flat, info, video_ids, rows, y, gpu=gpu)
-                bank._tune(x, recall_target, tune_queries, rng)
+        budget = _memory_budget() if memory_budget is None else int(memory_budget)
+        may_fall_back = index == "auto" and factory != "Flat" and n * dim * 4 <= budget
+        t_exact, t_approx = bank._tune(x, recall_target, tune_queries, rng, stop_when_slow=may_fall_back)
+        if may_fall_back and t_approx * AUTO_MIN_SPEEDUP > t_exact:
+            # the tuned index is not worth it on this data: exact search
+            reason = (f"{factory} at nprobe={bank.info.nprobe} (recall@10 {bank.info.recall_at_10:.3f}, target "
+                      f"{recall_target}) was only {t_exact / max(t_approx, 1e-9):.1f}x faster than exact search "
+                      f"(< {AUTO_MIN_SPEEDUP}x)")
+            flat = faiss.index_factory(dim, "Flat", metric_type)
+            flat.add(x)
+            info = dataclasses.replace(info, index="Flat", train_size=0, auto_reason=reason)
+            bank = cls(flat, info, video_ids, rows, y, gpu=gpu)
+            bank._tune(x, recall_target, tune_queries, rng)
         bank.info = dataclasses.replace(
             bank.info, build_seconds=round(time.perf_counter() - t0, 3), gpu=bank._search_index is not bank.index
         )
@@ -467,9 +476,13 @@ class FaissBank:
                 ps.set_index_parameter(self._search_index, name, int(value))
 
     def _tune(
-        self, x: np.ndarray, target: float, n_queries: int, rng: np.random.Generator, k: int = 10
+        self, x: np.ndarray, target: float, n_queries: int, rng: np.random.Generator, k: int = 10,
+        stop_when_slow: bool = False,
     ) -> tuple[float, float]:
         """Pick the smallest nprobe / efSearch / k_factor reaching ``target`` recall@k.
+
+        With ``stop_when_slow`` the search stops as soon as a setting short of the target is
+        already less than ``AUTO_MIN_SPEEDUP`` times faster than exact search.
 
         Returns:
             ``(exact_seconds, approx_seconds)``: batch times of exact search and of the tuned
@@ -493,9 +506,35 @@ class FaissBank:
 
         def recall_with(name: str, value: int) -> float:
             ps.set_index_parameter(self._search_index, name, int(value))
+            ts = time.perf_counter()
             approx = self._search_index.search(q, kk)[1]
-            return _recall_excluding_self(approx, exact, qid, k)
+            elapsed = time.perf_counter() - ts
+            rec = _recall_excluding_self(approx, exact, qid, k)
+            if stop_when_slow and rec < target and elapsed * AUTO_MIN_SPEEDUP > t_exact:
+                raise _NotFasterThanExact(name, value, rec, elapsed)
+            return rec
 
+        try:
+            chosen, rec = self._search_params(recall_with, target, ivf, hnsw, refine, q, kk, exact, qid, k, ps)
+        except _NotFasterThanExact as e:
+            key = {"nprobe": "nprobe", "efSearch": "ef_search", "k_factor": "k_factor"}[e.name]
+            self.info = dataclasses.replace(self.info, **{key: int(e.value)}, recall_at_10=round(e.recall, 4), tune_queries=nq)
+            return t_exact, e.seconds
+        self.info = dataclasses.replace(
+            self.info,
+            nprobe=chosen.get("nprobe", 0),
+            ef_search=chosen.get("efSearch", 0),
+            k_factor=chosen.get("k_factor", 0),
+            recall_at_10=round(float(rec), 4),
+            tune_queries=nq,
+        )
+        self._apply_params()
+        t0 = time.perf_counter()
+        self._search_index.search(q, kk)
+        return t_exact, time.perf_counter() - t0
+
+    def _search_params(self, recall_with, target, ivf, hnsw, refine, q, kk, exact, qid, k, ps):
+        """The tuning loop proper: returns ``({param: value}, recall)``."""
         chosen: dict[str, int] = {}
         if refine is not None:
             chosen["k_factor"] = 4
@@ -509,18 +548,7 @@ class FaissBank:
             rec = _recall_excluding_self(approx, exact, qid, k)
         if refine is not None and rec < target:
             chosen["k_factor"], rec = _smallest_reaching(lambda v: recall_with("k_factor", v), 4, 256, target)
-        self.info = dataclasses.replace(
-            self.info,
-            nprobe=chosen.get("nprobe", 0),
-            ef_search=chosen.get("efSearch", 0),
-            k_factor=chosen.get("k_factor", 0),
-            recall_at_10=round(float(rec), 4),
-            tune_queries=nq,
-        )
-        self._apply_params()
-        t0 = time.perf_counter()
-        self._search_index.search(q, kk)
-        return t_exact, time.perf_counter() - t0
+        return chosen, rec
 
     # ---- device ------------------------------------------------------------------------------
     @staticmethod
