@@ -1,7 +1,7 @@
 """Whole-video Kinetics-400 classification (the GUIDE §5 protocol).
 
 Decode every frame, resample to the backbone's fps by index stepping (25 fps for I3D),
-resize the short side (256, bilinear, no antialias), centre-crop (224), normalise
+resize the short side (256, bilinear, no antialias), centre-crop (224, floor offsets), normalise
 (I3D: [0, 1] -> [-1, 1]), run the whole clip through the network in one pass and
 average the logits over time. Probabilities are the softmax of the averaged logits.
 """
@@ -49,6 +49,10 @@ class VideoPrediction:
 def whole_video_input(frames: np.ndarray, spec) -> torch.Tensor:
     """Decoded frames -> one normalised centre-crop clip for the whole video.
 
+    The crop offset is ``(H - crop) // 2`` (floor), as in the reference protocol; torchvision's
+    ``center_crop`` rounds instead, which moves the window by one pixel when the margin is odd
+    (e.g. a 455-pixel-wide frame) and shifts the logits of such videos by up to ~0.5.
+
     Args:
         frames: ``(T, H, W, C)`` uint8, already at the target fps.
         spec: the backbone's ``BackboneSpec`` (resize, crop, mean, std).
@@ -56,13 +60,16 @@ def whole_video_input(frames: np.ndarray, spec) -> torch.Tensor:
     Returns:
         ``(1, C, T, crop, crop)`` float32.
     """
-    from featbank.extract.transforms import preprocess
+    from featbank.extract.transforms import crop, normalize, resize_short_side, to_float_clip
 
-    chunks = [
-        preprocess(frames[i : i + _RESIZE_CHUNK], spec, views="center")  # (1, C, t, crop, crop)
-        for i in range(0, len(frames), _RESIZE_CHUNK)
-    ]
-    return torch.cat(chunks, dim=2)  # per-frame ops, so chunking along T is exact
+    size = spec.crop
+    chunks = []
+    for i in range(0, len(frames), _RESIZE_CHUNK):  # per-frame ops, so chunking along T is exact
+        x = resize_short_side(to_float_clip(frames[i : i + _RESIZE_CHUNK]), spec.resize)  # (C, t, H', W')
+        h, w = x.shape[-2:]
+        x = crop(x, (h - size) // 2, (w - size) // 2, size)  # (C, t, crop, crop)
+        chunks.append(normalize(x, spec.mean, spec.std))
+    return torch.cat(chunks, dim=1)[None].contiguous()  # (C, T, crop, crop) -> (1, C, T, crop, crop)
 
 
 def top_k(logits: torch.Tensor, k: int = 5, labels: Sequence[str] = KINETICS400_LABELS) -> tuple[ClassScore, ...]:
