@@ -217,7 +217,7 @@ class StageMetrics:
     losses: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
+        return _nan_to_none(dict(vars(self)))  # NaN -> null: strict JSON
 
 
 def _write_json(path: Path, obj: Any) -> Path:
