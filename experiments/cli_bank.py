@@ -100,6 +100,8 @@ def cmd_build(args) -> int:
               f"in {i.build_seconds:.1f}s")
         print(f"  trained on {i.train_size}, nprobe {i.nprobe}, efSearch {i.ef_search}, "
               f"true-neighbour recall@10 {i.recall_at_10:.3f} (target {i.recall_target})")
+        if i.auto_reason:
+            print(f"  auto chose exact search: {i.auto_reason}")
         print(f"  saved to {out}")
     return 0
 
