@@ -22,7 +22,10 @@ store = open_store(path, mode="a")
 fs = store.create_set(FeatureSetInfo("shared/feats", (48,), "float32"))
 # start barrier: every rank has created/opened the set before anyone writes
 open(f"{path}.ready{rank}", "w").close()
+deadline = time.monotonic() + 60
 while not all(os.path.exists(f"{path}.ready{r}") for r in range(world)):
+    if time.monotonic() > deadline:
+        sys.exit(f"rank {rank}: the other ranks never became ready")
     time.sleep(0.01)
 for i in range(rank, n, world):
     rng = np.random.default_rng(i)
