@@ -265,7 +265,8 @@ class WindowStream(IterableDataset):
         if self.opts.timeout_s and self.opts.timeout_s > 0:
             from .decode import SafeDecoder
 
-            safe = SafeDecoder(timeout_s=self.opts.timeout_s, backend=self.opts.decoder)
+            # one decode thread per worker, so workers x threads stays within the cores
+            safe = SafeDecoder(timeout_s=self.opts.timeout_s, backend=self.opts.decoder, threads=1)
         try:
             for task in self.tasks[wid::nw]:
                 yield from iter_video(task, self.opts, safe)

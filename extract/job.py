@@ -91,6 +91,12 @@ class ExtractConfig:
         domain: domain name written into every video's metadata.
         threads: torch intra-op threads of the model process (0: torch's default).
         seed: seed of random-init weights and of ``verify``'s sample.
+        fsync: flush every video's rows and commit record to disk before the next one (a
+            committed video then survives a power loss, not only a killed process).
+        compact: when the job ends, consolidate the feature set's writer segments into the
+            read-optimised layout (rank 0, after every rank is done). Skipped for one task of
+            an array job (``shard``), where other tasks may still write: run
+            ``featbank store compact`` once the whole array has finished.
     """
 
     manifest: str = ""
@@ -131,6 +137,8 @@ class ExtractConfig:
     domain: str = ""
     threads: int = 0
     seed: int = 0
+    fsync: bool = True
+    compact: bool = True
 
     def __post_init__(self) -> None:
         choices = {
@@ -266,6 +274,7 @@ class ExtractSummary:
     n_written: int = 0
     n_rows: int = 0
     n_frames: int = 0
+    compacted: bool = False
     seconds: float = 0.0
     wait_seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
@@ -288,6 +297,7 @@ class ExtractSummary:
             f"{self.n_written} written, {self.n_skipped} already committed, {len(self.failures)} failed "
             f"of {self.n_videos} videos; {self.n_rows} rows, {self.n_frames} frames in {self.seconds:.1f}s "
             f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding)"
+            + ("; compacted" if self.compacted else "")
         ]
         for vid, kind, msg in self.failures:
             lines.append(f"  FAILED {vid} [{kind}]: {msg}")
@@ -644,10 +654,10 @@ def _iterate(
     return _consume(cfg, pipe, tasks, _open_stream(cfg, pipe, tasks, workers), on_rows, on_failure, on_frames)
 
 
-def _open_store(path: str, mode: str):
+def _open_store(path: str, mode: str, fsync: bool = False):
     from featbank.store import open_store
 
-    return open_store(path, mode)
+    return open_store(path, mode, fsync=fsync)
 
 
 def _init_distributed() -> tuple[int, int, Any]:
@@ -717,7 +727,7 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
     name = cfg.feature_set or default_set_name(cfg.backbone, pipe.sampling)
 
     own_store = store is None
-    fstore = _open_store(cfg.store, "a") if own_store else store
+    fstore = _open_store(cfg.store, "a", fsync=cfg.fsync) if own_store else store
     try:
         committed = set(fstore.open_set(name, allow_stale=True).video_ids()) if name in fstore.feature_sets() else set()
         todo = [t for t in tasks if t.video_id not in committed]
@@ -757,8 +767,13 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
         summary.seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
+        close_writer = getattr(fs, "close", None)
+        if close_writer is not None:  # release this process's writer segment before rank 0 compacts
+            close_writer()
         if dist is not None:
             dist.barrier()
+        if cfg.compact and rank == 0 and s_count == 1 and hasattr(fs, "compact"):
+            summary.compacted = bool(fs.compact())
         if cfg.verify and rank == 0:
             summary.verify = verify_extraction(fstore, name, cfg.verify, seed=cfg.seed, cfg=cfg, pipe=pipe)
     finally:

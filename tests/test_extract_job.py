@@ -297,3 +297,31 @@ def test_real_i3d_whole_clip_logits_match_reference(shared_data, tmp_path):
     top1 = int(np.argmax(rows.feats[0]))
     assert labels[top1] == expected["top5"][0]["label"]
     assert abs(float(rows.feats[0, top1]) - expected["top5"][0]["logit"]) <= 1.0
+
+
+def test_job_compacts_its_set_at_the_end_but_not_one_array_task(videos, tmp_path):
+    """Closing a job consolidates the writer segments; an array task (--shard) leaves them."""
+    from featbank.store import open_store
+
+    whole = tmp_path / "whole.zarr"
+    s = run_extraction(tiny_cfg(videos / "list.txt", store=str(whole)), progress=False)
+    assert s.exit_code == 0 and s.compacted
+    seg_dir = next(whole.rglob("segments"))
+    assert [p.name[:2] for p in seg_dir.iterdir() if p.is_dir()] == ["c-"]
+    assert not any((seg_dir.parent / "_commits").iterdir())
+
+    part = tmp_path / "part.zarr"
+    s0 = run_extraction(tiny_cfg(videos / "list.txt", store=str(part), shard="0/2"), progress=False)
+    assert s0.exit_code == 0 and not s0.compacted
+    seg_dir = next(part.rglob("segments"))
+    assert all(p.name.startswith("w-") for p in seg_dir.iterdir() if p.is_dir())
+
+    # compaction changed no value: the compacted store equals an in-memory run
+    mem = MemoryStore()
+    run_extraction(tiny_cfg(videos / "list.txt"), progress=False, store=mem)
+    name = s.feature_set
+    with open_store(whole, "r") as st:
+        fs, ref = st.open_set(name), mem.open_set(name)
+        assert sorted(fs.video_ids()) == sorted(ref.video_ids())
+        for vid in ref.video_ids():
+            assert np.array_equal(fs.read(vid).feats, ref.read(vid).feats)
