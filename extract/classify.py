@@ -49,9 +49,8 @@ class VideoPrediction:
 def whole_video_input(frames: np.ndarray, spec) -> torch.Tensor:
     """Decoded frames -> one normalised centre-crop clip for the whole video.
 
-    The crop offset is ``(H - crop) // 2`` (floor), as in the reference protocol; torchvision's
-    ``center_crop`` rounds instead, which moves the window by one pixel when the margin is odd
-    (e.g. a 455-pixel-wide frame) and shifts the logits of such videos by up to ~0.5.
+    The crop offset is ``(H - crop) // 2`` (floor), as in the reference protocol
+    (``transforms.center_crop``).
 
     Args:
         frames: ``(T, H, W, C)`` uint8, already at the target fps.
@@ -60,14 +59,13 @@ def whole_video_input(frames: np.ndarray, spec) -> torch.Tensor:
     Returns:
         ``(1, C, T, crop, crop)`` float32.
     """
-    from featbank.extract.transforms import crop, normalize, resize_short_side, to_float_clip
+    from featbank.extract.transforms import center_crop, normalize, resize_short_side, to_float_clip
 
     size = spec.crop
     chunks = []
     for i in range(0, len(frames), _RESIZE_CHUNK):  # per-frame ops, so chunking along T is exact
         x = resize_short_side(to_float_clip(frames[i : i + _RESIZE_CHUNK]), spec.resize)  # (C, t, H', W')
-        h, w = x.shape[-2:]
-        x = crop(x, (h - size) // 2, (w - size) // 2, size)  # (C, t, crop, crop)
+        x = center_crop(x, size)  # (C, t, crop, crop)
         chunks.append(normalize(x, spec.mean, spec.std))
     return torch.cat(chunks, dim=1)[None].contiguous()  # (C, T, crop, crop) -> (1, C, T, crop, crop)
 

@@ -72,10 +72,15 @@ def crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre square crop: ``(..., H, W) -> (..., size, size)``; offsets ``round((H - size) / 2)``."""
+    """Centre square crop: ``(..., H, W) -> (..., size, size)``; offsets ``(H - size) // 2``.
+
+    Floor offsets, as in the Kinetics I3D reference protocol (GUIDE §5); torchvision rounds
+    instead, which moves the window by one pixel when the margin is odd (e.g. a 455-pixel
+    side) and shifts I3D logits by up to ~0.5.
+    """
     _check_crop(x, size)
     h, w = x.shape[-2:]
-    return crop(x, int(round((h - size) / 2.0)), int(round((w - size) / 2.0)), size)
+    return crop(x, (h - size) // 2, (w - size) // 2, size)
 
 
 def three_crop(x: torch.Tensor, size: int) -> torch.Tensor:

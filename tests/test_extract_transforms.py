@@ -73,8 +73,9 @@ def test_center_crop_positions():
     assert c.shape == (1, 2, 4, 4)
     assert c[0, 0, 0, 0].item() == 100 * 1 + 3  # top = round(2/2)=1, left = round(6/2)=3
     assert c[0, 1, 3, 3].item() == 1000 + 100 * 4 + 6
-    # torchvision rounding: (9-4)/2 = 2.5 -> round half to even = 2
+    # floor offsets (reference I3D protocol), not torchvision's rounding: (9-4)//2 = 2, (11-4)//2 = 3
     assert center_crop(coord_clip(h=9, w=9), 4)[0, 0, 0, 0].item() == 100 * 2 + 2
+    assert center_crop(coord_clip(h=9, w=11), 4)[0, 0, 0, 0].item() == 100 * 2 + 3
     with pytest.raises(ValueError):
         center_crop(x, 7)
 
