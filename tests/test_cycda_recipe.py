@@ -148,3 +148,63 @@ def test_cli_run_on_a_zarr_store(tmp_path, capsys):
     bad.write_text("recipe: nope\n")
     assert main(["run", str(bad)]) == 1
     assert "known recipes" in capsys.readouterr().err
+
+
+def test_stage1_reversed_gradient_reaches_the_embedding_over_the_whole_stage(monkeypatch):
+    """Inside the real stage-1 loop: the GRL coefficient runs 0 -> ~1 over the whole stage
+    (not per epoch), the discriminator sees non-detached source and target embeddings, one
+    optimizer steps both the embedding and the discriminator, and the embedding's gradient
+    is the source CE gradient minus ``coeff * adv_weight`` times the domain-loss gradient."""
+    import torch
+
+    import featbank.experiments.cycda as cycda
+    from featbank.heads.adaptation import DomainAdversarialLoss
+
+    store, cfg = _store_and_cfg(["stage1.epochs=4", "stage1.batch_size=8", "stage1.adv_weight=0.7"])
+    data = cycda.load_data(cfg, store)
+    calls, opt_params, grads = [], [], []
+    orig_forward = DomainAdversarialLoss.forward
+
+    def spy_forward(self, f_s, f_t, coeff=1.0):
+        calls.append((coeff, f_s.requires_grad and f_t.requires_grad, len(f_s), len(f_t)))
+        return orig_forward(self, f_s, f_t, coeff)
+
+    orig_optimizer = cycda._optimizer
+
+    def spy_optimizer(params, c):
+        params = list(params)
+        opt_params.append(params)
+        return orig_optimizer(params, c)
+
+    monkeypatch.setattr(DomainAdversarialLoss, "forward", spy_forward)
+    monkeypatch.setattr(cycda, "_optimizer", spy_optimizer)
+    head = cycda._new_image_head(data, cfg.stage1, 0)
+    head.project.weight.register_hook(lambda g: grads.append(g.clone()))
+    cycda._train_image_model(head, data, cfg.stage1, 0, adversarial=True)
+
+    n_t = len(data.target_frames.feats)
+    steps_per_epoch = math.ceil(max(len(data.source.feats), n_t) / 8)
+    coeffs = np.array([c for c, *_ in calls])
+    assert len(calls) == 4 * steps_per_epoch == len(grads)
+    assert coeffs[0] == 0.0 and coeffs[-1] > 0.99 and np.all(np.diff(coeffs) > 0)  # one ramp per stage
+    assert all(attached and bs == bt == 8 for _, attached, bs, bt in calls)  # balanced, not detached
+    ids = {id(p) for p in opt_params[0]}
+    assert {id(p) for p in head.project.parameters()} <= ids
+    assert len(ids) > len(list(head.parameters()))  # the discriminator is optimised too
+
+    # one step by hand: the embedding gradient = CE gradient - coeff * adv_weight * domain-loss gradient
+    torch.manual_seed(1)
+    dann = cycda.DomainAdversarialLoss(cycda.DomainDiscriminator(cfg.stage1.embed_dim, cfg.stage1.hidden))
+    xs, xt = data.source.feats[:8].float(), data.target_frames.feats[:8].float()
+    ys = torch.from_numpy(data.source.row_labels[:8])
+    head.eval()
+
+    def proj_grad(ce_w, adv_w, coeff):
+        head.zero_grad()
+        out = head(xs)
+        (ce_w * head.loss(out, ys)["ce"] + adv_w * dann(out.embed, head.embed(xt), coeff).loss).backward()
+        return head.project.weight.grad.clone()
+
+    g_ce, g_dom = proj_grad(1.0, 0.0, 1.0), proj_grad(0.0, 1.0, -1.0)  # coeff -1: the plain (unreversed) gradient
+    assert g_dom.abs().sum() > 0
+    torch.testing.assert_close(proj_grad(1.0, 0.7, 0.5), g_ce - 0.5 * 0.7 * g_dom, rtol=1e-4, atol=1e-6)
