@@ -46,6 +46,7 @@ import numpy as np
 
 from .base import FeatureSet, FeatureStore
 from .errors import StaleFeaturesError, StoreError
+from .select import select_videos as _select
 
 BANK_FORMAT = 1
 AUTO_MIN_SPEEDUP = 2.0  # `auto` keeps an approximate index only when it beats exact search by this factor
@@ -878,19 +879,11 @@ def select_videos(
     Raises:
         BankError: a filter matches no video (the message lists the values present).
     """
-    meta = fs.metadata()
-    keep = np.ones(len(meta["video_id"]), bool)
-    for key, col in (("split", "split"), ("domain", "domain"), ("labels", "label")):
-        want = _as_tuple({"split": split, "domain": domain, "labels": labels}[key])
-        if want is None:
-            continue
-        values = meta[col]
-        mask = np.isin(values.astype(str) if col != "label" else values, [str(w) if col != "label" else int(w) for w in want])
-        if not mask.any():
-            present = sorted({str(v) for v in values.tolist()})[:20]
-            raise BankError(f"feature set {fs.name!r}: no video has {col} in {list(want)} (present: {present})")
-        keep &= mask
-    return [str(v) for v in meta["video_id"][keep]]
+    try:
+        ids, _ = _select(fs, split=split, domain=domain, labels=labels, require_match=True)
+    except StoreError as e:
+        raise BankError(str(e)) from None
+    return ids
 
 
 def set_vectors(fs: FeatureSet, video_ids: Sequence[str], level: str) -> tuple[np.ndarray, list[tuple[str, int]], np.ndarray]:

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, Sampler
 from .base import FeatureSet, FeatureStore
 from .errors import StoreError
 from .schema import VideoRows
+from .select import select_videos
 
 StoreSource = Union[str, os.PathLike, FeatureStore, Callable[[], FeatureStore]]
 
@@ -109,45 +110,6 @@ def _in_process_only(store: FeatureStore) -> bool:
     from .memory import MemoryStore
 
     return isinstance(store, MemoryStore)
-
-
-def select_videos(
-    fs: FeatureSet,
-    *,
-    split: str | Collection[str] | None = None,
-    domain: str | Collection[str] | None = None,
-    labels: int | Collection[int] | None = None,
-    video_ids: Sequence[str] | None = None,
-) -> tuple[list[str], dict[str, np.ndarray]]:
-    """Video ids of ``fs`` passing every given filter, and the metadata table restricted to them.
-
-    Args:
-        fs: the feature set.
-        split: keep videos whose split is this one (or one of these).
-        domain: keep videos whose domain is this one (or one of these).
-        labels: keep videos whose first label is this one (or one of these).
-        video_ids: keep only these ids (in this order); unknown ids raise.
-
-    Returns:
-        ``(ids, table)``: ids in commit order (or ``video_ids`` order) and the
-        ``FeatureSet.metadata()`` columns for those ids.
-    """
-    table = fs.metadata()
-    keep = np.ones(len(table["video_id"]), dtype=bool)
-    for col, want in (("split", split), ("domain", domain), ("label", labels)):
-        if want is None:
-            continue
-        wanted = [want] if isinstance(want, (str, int, np.integer)) else list(want)
-        keep &= np.isin(table[col], np.array(wanted, dtype=table[col].dtype))
-    order = np.flatnonzero(keep)
-    if video_ids is not None:
-        pos = {v: i for i, v in enumerate(table["video_id"])}
-        missing = [v for v in video_ids if v not in pos]
-        if missing:
-            raise StoreError(f"feature set {fs.name!r} has no committed video(s) {missing[:5]}")
-        order = np.array([pos[v] for v in video_ids if keep[pos[v]]], dtype=np.int64)
-    selected = {k: v[order] for k, v in table.items()}
-    return [str(v) for v in selected["video_id"]], selected
 
 
 class _FeatureSetDataset(Dataset):

@@ -53,6 +53,9 @@ def test_select_videos_filters():
     assert ids == ["v7"]
     with pytest.raises(StoreError, match="nope"):
         select_videos(fs, video_ids=["nope"])
+    assert select_videos(fs, split="nosuch")[0] == []  # no match is an empty selection by default
+    with pytest.raises(StoreError, match=r"no video has split in \['nosuch'\] \(present: \['train', 'val'\]\)"):
+        select_videos(fs, split="nosuch", require_match=True)
 
 
 def test_video_sequence_padding_and_mask():
