@@ -267,21 +267,21 @@ class Segment:
                 for path in paths:
                     _fsync_path(path)
             return
-        touched = []
+        # Each file is fsynced right after its write: ``_file`` keeps only a few handles open and
+        # closes older ones, so a handle must not be kept for a later flush.
         for k in shards:
             a, b = max(row0, k * s), min(end, (k + 1) * s)
             fd = self._file(self._chunk_path("feats", k, len(self.row_shape)), self._empty_shard)
             _pwrite_all(fd, np.ascontiguousarray(stored[a - row0:b - row0]), (a - k * s) * self.row_bytes)
-            touched.append(fd)
+            if self.durable:
+                os.fsync(fd)
         for j in time_chunks:
             a, b = max(row0, j * tc), min(end, (j + 1) * tc)
             for name, vals, dt in (("times", times, "<f8"), ("frame_idx", frames, "<i8")):
                 fd = self._file(self._chunk_path(name, j, 1), lambda f, n=tc: f.truncate(n * 16))
                 _pwrite_all(fd, np.ascontiguousarray(vals[a - row0:b - row0], dtype=dt), (a - j * tc) * 16)
-                touched.append(fd)
-        if self.durable:
-            for fd in touched:
-                os.fsync(fd)
+                if self.durable:
+                    os.fsync(fd)
 
     def _chunk_path(self, name: str, k: int, ndim_rest: int) -> str:
         return os.path.join(self.dir, name, "c", str(k), *(["0"] * ndim_rest))

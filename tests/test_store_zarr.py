@@ -329,6 +329,18 @@ def test_fsync_mode_round_trip(tmp_path, compression):
         assert st.validate() == [] and st.failures()[0]["video_id"] == "bad"
 
 
+def test_fsync_mode_video_spanning_many_files(tmp_path):
+    """A durable write touching more files than the writer keeps open flushes every one of them."""
+    path = tmp_path / "s.zarr"
+    rows = make_rows(200, (8,), seed=3)  # rows_per_chunk=1: writer shards of 16 rows -> 13+ files
+    with open_store(path, mode="w", fsync=True) as st:
+        fs = st.create_set(make_info("s", (8,), "float32"), rows_per_chunk=1)
+        fs.write_video(rows, VideoMeta("long"))
+    with open_store(path, mode="r") as st:
+        assert_rows_equal(st.open_set("s").read("long"), rows, "float32")
+        assert st.validate() == []
+
+
 def test_large_reads_match_zarr(tmp_path):
     """Reads of 1 MiB and more take the memory-map path; both paths agree with zarr-python."""
     path = tmp_path / "s.zarr"
