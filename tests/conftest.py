@@ -15,6 +15,17 @@ SHARED_DATA = Path(os.environ.get("FEATBANK_SHARED_DATA", REPO.parent / "shared"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-model tests: on a shared 2-core box intra-op
+    threads only add OpenMP barrier stalls. Opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real clips, frames, labels); skips when absent."""

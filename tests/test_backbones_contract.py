@@ -30,13 +30,7 @@ X3D_SPATIAL = {"stem": 2, "res2": 4, "res3": 8, "res4": 16, "res5": 32, "conv5":
 RESNET_SPATIAL = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP barrier stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _expected_map_shape(family: str, endpoint: str, t: int, h: int, w: int) -> tuple[int, int, int]:

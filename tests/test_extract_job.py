@@ -11,7 +11,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from featbank.experiments.cli import main as cli_main
 from featbank.experiments.config import ConfigError, load_config
@@ -28,13 +27,7 @@ from featbank.store.schema import VideoRows
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; one thread avoids contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_video(path: Path, n_frames: int, *, width: int = 64, height: int = 48, fps: int = 30) -> Path:

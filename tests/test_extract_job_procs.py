@@ -17,7 +17,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 
 from featbank.extract.job import ExtractConfig, run_extraction
 from featbank.store import open_store
@@ -42,12 +41,7 @@ def write_video(path: Path, n_frames: int, width: int = 48, height: int = 32, fp
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FLAGS = ["--backbone", "resnet18", "--weights", "random", "--clip-len", "4", "--stride", "4", "--fps", "source",

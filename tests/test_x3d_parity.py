@@ -15,12 +15,7 @@ from featbank.extract.errors import WeightsError
 pv_x3d = pytest.importorskip("pytorchvideo.models.x3d", reason="pytorchvideo not installed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
