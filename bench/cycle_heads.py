@@ -33,8 +33,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from featbank.experiments.cycda import load_cycda_config, run_cycle
-    from featbank.experiments.cycda_data import write_synthetic_cycda_sets
+    from featbank.experiments.recipes.cycda import load_cycda_config, run_cycle
+    from featbank.experiments.recipes.cycda_data import write_synthetic_cycda_sets
     from featbank.store import MemoryStore, open_store
 
     n_train, n_test = max(101, round(9537 * args.scale)), max(101, round(3783 * args.scale))

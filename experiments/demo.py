@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featbank.experiments.synth_i2v import SynthI2VConfig
+from featbank.experiments.data.synth_i2v import SynthI2VConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CYCLE_CONFIG = REPO_ROOT / "configs" / "experiments" / "cycda_synth.yaml"
@@ -138,8 +138,8 @@ def nearest_neighbour_example(store_path: Path, data_dir: Path, k: int = 5) -> d
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns (and writes) ``out/results.json``."""
-    from featbank.experiments.cycda import format_table, load_cycda_config, run_cycle
-    from featbank.experiments.synth_i2v import generate
+    from featbank.experiments.recipes.cycda import format_table, load_cycda_config, run_cycle
+    from featbank.experiments.data.synth_i2v import generate
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out).resolve()  # extraction configs record absolute paths (a refresh re-reads them)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from featbank.experiments.config import ConfigError, load_config
-from featbank.experiments.cycda import CycdaConfig, load_cycda_config, run_cycle
-from featbank.experiments.cycda_data import CycdaDataError, write_synthetic_cycda_sets
+from featbank.experiments.recipes.cycda import CycdaConfig, load_cycda_config, run_cycle
+from featbank.experiments.recipes.cycda_data import CycdaDataError, write_synthetic_cycda_sets
 from featbank.heads.pseudo_labels import read_frame_ps, read_vid_ps
 from featbank.store import MemoryStore
 from featbank.store.errors import StaleFeaturesError
@@ -157,7 +157,7 @@ def test_stage1_reversed_gradient_reaches_the_embedding_over_the_whole_stage(mon
     is the source CE gradient minus ``coeff * adv_weight`` times the domain-loss gradient."""
     import torch
 
-    import featbank.experiments.cycda as cycda
+    import featbank.experiments.recipes.cycda as cycda
     from featbank.heads.adaptation import DomainAdversarialLoss
 
     store, cfg = _store_and_cfg(["stage1.epochs=4", "stage1.batch_size=8", "stage1.adv_weight=0.7"])

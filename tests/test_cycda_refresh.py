@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featbank.experiments.cycda import load_cycda_config, load_data, run_cycle
+from featbank.experiments.recipes.cycda import load_cycda_config, load_data, run_cycle
 from featbank.experiments.demo import SETS, DemoConfig, extract_benchmark
-from featbank.experiments.synth_i2v import SynthI2VConfig, generate
+from featbank.experiments.data.synth_i2v import SynthI2VConfig, generate
 from featbank.store import open_store
 from featbank.store.errors import StaleFeaturesError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featbank.experiments.synth_i2v import SynthI2VConfig, generate, read_path_label
+from featbank.experiments.data.synth_i2v import SynthI2VConfig, generate, read_path_label
 
 TINY = dict(classes=3, source_per_class=2, train_per_class=1, test_per_class=1, frames=4, fps=4, size=48)
 

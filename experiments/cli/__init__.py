@@ -23,11 +23,11 @@ GROUPS = {
 
 # Modules that register commands (a literal tuple, GUIDE rule 3).
 CLI_MODULES: tuple[str, ...] = (
-    "featbank.experiments.cli_store",
-    "featbank.experiments.cli_extract",
-    "featbank.experiments.cli_bank",
-    "featbank.experiments.cli_run",
-    "featbank.experiments.cli_classify",
+    "featbank.experiments.cli.store",
+    "featbank.experiments.cli.extract",
+    "featbank.experiments.cli.bank",
+    "featbank.experiments.cli.run",
+    "featbank.experiments.cli.classify",
 )
 
 

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from featbank.experiments.config import load_config, save_config, to_dict
-from featbank.experiments.cycda_data import CycdaData, PaddedClips, RowSet, load_cycda_data
-from featbank.experiments.refresh import RefreshConfig, refresh_backbone
+from featbank.experiments.recipes.cycda_data import CycdaData, PaddedClips, RowSet, load_cycda_data
+from featbank.experiments.recipes.refresh import RefreshConfig, refresh_backbone
 from featbank.heads.adaptation import DomainAdversarialLoss, DomainDiscriminator, grl_coeff
 from featbank.heads.cycda import ClassAwareContrastiveLoss, CycdaImageHead, CycdaVideoHead
 from featbank.heads.memory import SourceMemoryBank

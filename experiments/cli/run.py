@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Recipes ``featbank run`` dispatches to, by the config's top-level ``recipe`` key (literal dict).
 RECIPES = {
-    "cycda": "featbank.experiments.cli_run:_run_cycda",
+    "cycda": "featbank.experiments.cli.run:_run_cycda",
 }
 
 
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_cycda(args: argparse.Namespace) -> int:
-    from featbank.experiments.cycda import format_table, load_cycda_config, run_cycle
+    from featbank.experiments.recipes.cycda import format_table, load_cycda_config, run_cycle
 
     cfg = load_cycda_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -102,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_synth_i2v(args: argparse.Namespace) -> int:
-    from featbank.experiments.synth_i2v import SynthI2VConfig, generate
+    from featbank.experiments.data.synth_i2v import SynthI2VConfig, generate
 
     try:
         cfg = SynthI2VConfig(seed=args.seed, classes=args.classes, source_per_class=args.source_per_class,

@@ -1,0 +1,7 @@
+"""`python -m featbank.experiments.cli` (used by torchrun)."""
+
+import sys
+
+from featbank.experiments.cli import main
+
+sys.exit(main())
