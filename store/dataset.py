@@ -3,6 +3,10 @@
 * ``VideoSequenceDataset``: one item per video, ``feats (N, *row_shape)``; batch with
   ``collate_padded`` (pads to the longest video, returns a bool ``mask (B, T)``).
 * ``RowDataset``: one item per row (clip or frame) with its video's label.
+* ``load_rows`` / ``RowSet``: a whole (filtered) set in memory as tensors with offsets,
+  timestamps and metadata; ``pad_sequences`` pads per-video sequences with a mask;
+  ``step_targets`` puts time-segment annotations on a video's row time grid; these are
+  what every recipe reads its features through.
 * ``ChunkShuffleSampler``: shuffles blocks of consecutive indices (rows that sit next
   to each other on disk), then shuffles inside a buffer of a few blocks, so a set
   larger than RAM is still read mostly sequentially.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterator, Sequence, Sized, Union
 
 import numpy as np
@@ -32,7 +37,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .base import FeatureSet, FeatureStore
 from .errors import StoreError
-from .schema import VideoRows
+from .schema import VideoMeta, VideoRows
 from .select import select_videos
 
 StoreSource = Union[str, os.PathLike, FeatureStore, Callable[[], FeatureStore]]
@@ -418,3 +423,247 @@ class ChunkShuffleSampler(Sampler[int]):
             idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in blocks[g : g + self.buffer_blocks]])
             rng.shuffle(idx)
             yield from idx.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Whole feature sets as tensors: the one path from a store to the heads of every recipe.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RowSet:
+    """The ragged rows of a selection of videos, in memory.
+
+    Attributes:
+        feats: ``(R, *row_shape)`` features (float16 / float32 as stored; bfloat16 is widened).
+        offsets: ``(V+1,)`` int64; rows of video ``i`` are ``offsets[i]:offsets[i+1]``.
+        starts: ``(R,)`` float64 start time of each row (seconds).
+        ends: ``(R,)`` float64 end time of each row (seconds).
+        video_ids: the ``V`` video ids.
+        labels: ``(V,)`` int64 first label of each video (``-1`` unlabelled).
+        metas: the ``V`` ``VideoMeta`` records (all labels, split, domain, fps, duration).
+        set_name: the feature set the rows came from.
+        info: the set's ``FeatureSetInfo`` (backbone, spec, sampling, row shape).
+    """
+
+    feats: torch.Tensor
+    offsets: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    video_ids: tuple[str, ...]
+    labels: np.ndarray
+    metas: tuple[VideoMeta, ...]
+    set_name: str
+    info: Any = None
+
+    @property
+    def dim(self) -> int:
+        """Size of the last (feature) axis."""
+        return int(self.feats.shape[-1])
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.feats.shape[1:])
+
+    @property
+    def n_rows(self) -> np.ndarray:
+        """``(V,)`` rows per video."""
+        return np.diff(self.offsets)
+
+    @property
+    def row_video(self) -> np.ndarray:
+        """``(R,)`` index of each row's video."""
+        return np.repeat(np.arange(len(self.video_ids)), self.n_rows)
+
+    @property
+    def row_labels(self) -> np.ndarray:
+        """``(R,)`` label of every row (its video's label)."""
+        return np.repeat(self.labels, self.n_rows)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(m.domain for m in self.metas)
+
+    @property
+    def num_classes(self) -> int:
+        """``max label + 1`` over all labels of all videos (0 when unlabelled)."""
+        return max((max(m.labels) + 1 for m in self.metas if m.labels), default=0)
+
+    def video(self, i: int) -> torch.Tensor:
+        """``(N_i, *row_shape)`` rows of video ``i``."""
+        return self.feats[int(self.offsets[i]):int(self.offsets[i + 1])]
+
+    def pooled(self) -> torch.Tensor:
+        """``(V, D)`` mean of each video's rows (views / maps averaged too), float32."""
+        x = self.feats.float().reshape(len(self.feats), -1, self.dim).mean(1)  # (R, D)
+        v = torch.from_numpy(self.row_video)
+        out = torch.zeros(len(self.video_ids), self.dim)
+        out.index_add_(0, v, x)
+        return out / torch.from_numpy(np.maximum(self.n_rows, 1)).float()[:, None]
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "RowSet":
+        """The videos at ``index`` (in that order), as a new ``RowSet``."""
+        index = np.asarray(index, dtype=np.int64)
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in index]) if len(index) \
+            else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(self.n_rows[index])]).astype(np.int64)
+        return RowSet(self.feats[torch.from_numpy(rows)], offsets, self.starts[rows], self.ends[rows],
+                      tuple(self.video_ids[i] for i in index), self.labels[index],
+                      tuple(self.metas[i] for i in index), self.set_name, self.info)
+
+
+@dataclass(frozen=True, eq=False)
+class PaddedSequences:
+    """Per-video row sequences padded (or uniformly subsampled) to one length.
+
+    Attributes:
+        feats: ``(V, T, *row_shape)`` rows, zero padded.
+        mask: ``(V, T)`` bool, real rows.
+        starts: ``(V, T)`` float64 row start times (NaN on padding).
+        ends: ``(V, T)`` float64 row end times (NaN on padding).
+        video_ids: the ``V`` ids.
+        labels: ``(V,)`` first labels (``-1`` unlabelled).
+        set_name: the feature set.
+    """
+
+    feats: torch.Tensor
+    mask: torch.Tensor
+    starts: np.ndarray
+    ends: np.ndarray
+    video_ids: tuple[str, ...]
+    labels: np.ndarray
+    set_name: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.feats.shape[-1])
+
+
+def _as_tensor(feats: np.ndarray, dtype: torch.dtype | None) -> torch.Tensor:
+    arr = np.asarray(feats)
+    if arr.dtype not in (np.float16, np.float32, np.float64):  # bfloat16 (ml_dtypes), ints
+        arr = arr.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    return t.to(dtype) if dtype is not None else t
+
+
+def load_rows(
+    store: FeatureStore,
+    name: str,
+    *,
+    split: str | Collection[str] | None = None,
+    domain: str | Collection[str] | None = None,
+    labels: int | Collection[int] | None = None,
+    video_ids: Sequence[str] | None = None,
+    require_labels: bool = False,
+    allow_stale: bool = False,
+    dtype: torch.dtype | None = None,
+    max_bytes: int = 8 << 30,
+) -> RowSet:
+    """Read the rows of a feature set's videos (optionally filtered) into a :class:`RowSet`.
+
+    The whole selection is read at once (reads coalesced by location); sets larger than
+    ``max_bytes`` are refused with the advice to stream them (``RowDataset`` with
+    ``ChunkShuffleSampler``, or :func:`iter_row_chunks`).
+
+    Args:
+        store: an open store.
+        name: the feature set (stale sets raise ``StaleFeaturesError`` unless ``allow_stale``).
+        split / domain / labels / video_ids: metadata filters (see ``select_videos``).
+        require_labels: raise when a selected video has no label.
+        dtype: cast the features (default: keep float16 / float32 as stored).
+        max_bytes: refuse selections larger than this in memory.
+
+    Raises:
+        StoreError: no video selected, an unlabelled video with ``require_labels``, or too large.
+    """
+    fs = store.open_set(name, allow_stale=allow_stale)
+    ids, table = select_videos(fs, split=split, domain=domain, labels=labels, video_ids=video_ids,
+                               require_match=True)
+    if not ids:
+        raise StoreError(f"feature set {name!r}: no videos selected (split={split!r}, domain={domain!r}); "
+                         "check `featbank store info` for what it holds")
+    n_rows = table["n_rows"].astype(np.int64)
+    row_bytes = int(np.prod(fs.info.row_shape)) * np.dtype(fs.info.dtype if fs.info.dtype != "bfloat16"
+                                                           else "float32").itemsize
+    need = int(n_rows.sum()) * row_bytes
+    if need > max_bytes:
+        raise StoreError(f"feature set {name!r}: the selection needs {need / 2**30:.1f} GiB in memory "
+                         f"(limit {max_bytes / 2**30:.1f} GiB); stream it with RowDataset + ChunkShuffleSampler "
+                         "or iter_row_chunks, or raise max_bytes")
+    metas = tuple(fs.meta(v) for v in ids)
+    lab = np.array([m.label for m in metas], dtype=np.int64)
+    if require_labels and (lab < 0).any():
+        bad = ids[int(np.flatnonzero(lab < 0)[0])]
+        raise StoreError(f"feature set {name!r}: video {bad!r} has no label, but labels are required here")
+    parts = fs.read_many(ids)
+    feats = np.concatenate([p.feats for p in parts]) if parts else np.zeros((0, *fs.info.row_shape))
+    starts = np.concatenate([p.starts for p in parts]).astype(np.float64)
+    ends = np.concatenate([p.ends for p in parts]).astype(np.float64)
+    offsets = np.concatenate([[0], np.cumsum([len(p.feats) for p in parts])]).astype(np.int64)
+    return RowSet(_as_tensor(feats, dtype), offsets, starts, ends, tuple(ids), lab, metas, name, fs.info)
+
+
+def iter_row_chunks(store: FeatureStore, name: str, *, videos_per_chunk: int = 256,
+                    allow_stale: bool = False, **filters: Any) -> Iterator[RowSet]:
+    """Stream a (large) feature set as consecutive :class:`RowSet` chunks of whole videos."""
+    fs = store.open_set(name, allow_stale=allow_stale)
+    ids, _ = select_videos(fs, **filters)
+    for i in range(0, len(ids), videos_per_chunk):
+        yield load_rows(store, name, video_ids=ids[i:i + videos_per_chunk], allow_stale=allow_stale)
+
+
+def pad_sequences(rows: RowSet, max_len: int | None = None) -> PaddedSequences:
+    """Pad every video's rows to one length: ``(R, *S) -> (V, T, *S)`` with a mask.
+
+    ``T`` is the longest video, capped at ``max_len``; a longer video is subsampled at
+    uniform positions ``floor(j * n / T)`` (its whole span stays covered).
+    """
+    counts = rows.n_rows
+    longest = int(max(1, counts.max(initial=1)))
+    t = longest if max_len is None else int(min(max_len, longest))
+    if t < 1:
+        raise ValueError(f"pad_sequences: max_len must be >= 1, got {max_len}")
+    v = len(rows.video_ids)
+    feats = torch.zeros((v, t, *rows.row_shape), dtype=rows.feats.dtype)
+    mask = torch.zeros(v, t, dtype=torch.bool)
+    starts = np.full((v, t), np.nan)
+    ends = np.full((v, t), np.nan)
+    n = np.minimum(counts, t)  # (V,)
+    slot = np.arange(t)[None, :]  # (1, T)
+    valid = slot < n[:, None]  # (V, T)
+    pos = np.where(counts[:, None] > t, np.floor(slot * counts[:, None] / t), slot).astype(np.int64)
+    src = rows.offsets[:-1, None] + pos  # (V, T) row index of slot j of video i
+    vi, sj = np.nonzero(valid)
+    src_rows = src[vi, sj]
+    feats[torch.from_numpy(vi), torch.from_numpy(sj)] = rows.feats[torch.from_numpy(src_rows)]
+    mask[torch.from_numpy(vi), torch.from_numpy(sj)] = True
+    starts[vi, sj] = rows.starts[src_rows]
+    ends[vi, sj] = rows.ends[src_rows]
+    return PaddedSequences(feats, mask, starts, ends, rows.video_ids, rows.labels, rows.set_name)
+
+
+def step_targets(starts: np.ndarray, ends: np.ndarray, segments: Sequence[tuple[float, float, int]],
+                 num_classes: int) -> np.ndarray:
+    """Multi-hot targets of one video on its row time grid.
+
+    A row is positive for a class when the row's centre ``(start + end) / 2`` lies in
+    ``[seg_start, seg_end)`` of a segment of that class. NaN rows (padding) stay 0.
+
+    Args:
+        starts: ``(T,)`` row start times (seconds).
+        ends: ``(T,)`` row end times.
+        segments: ``(start_s, end_s, class)`` annotations of the video.
+        num_classes: number of classes ``C``.
+
+    Returns:
+        ``(T, C)`` float32 0/1 targets.
+    """
+    centre = (np.asarray(starts, np.float64) + np.asarray(ends, np.float64)) / 2  # (T,)
+    out = np.zeros((len(centre), num_classes), np.float32)
+    for s, e, c in segments:
+        if not 0 <= int(c) < num_classes:
+            raise ValueError(f"step_targets: class {c} outside [0, {num_classes})")
+        with np.errstate(invalid="ignore"):
+            out[(centre >= s) & (centre < e), int(c)] = 1.0
+    return out
