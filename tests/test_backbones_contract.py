@@ -1,4 +1,4 @@
-"""Contract sweep over every registered backbone (GUIDE rule 12) plus I3D padding oracles."""
+"""Contract sweep over every registered backbone plus I3D padding oracles."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from featbank.extract.backbones import BACKBONES, VARIANTS, create_backbone
 from featbank.extract.backbones.i3d import I3D_ENDPOINTS, tf_same_pads
+from featbank.extract.backbones.r3d import R3D_STRIDES
 from featbank.extract.errors import BackboneError
 from featbank.store.schema import BackboneSpec
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from naive_i3d import NaiveI3D, naive_from  # noqa: E402
 
 # Tiny inputs: (T, H, W) per family (H, W >= 32 keeps a 1x1 map at stride 32).
-TINY = {"i3d": (8, 32, 32), "x3d": (3, 32, 32), "resnet": (2, 32, 32)}
+TINY = {"i3d": (8, 32, 32), "x3d": (3, 32, 32), "resnet": (2, 32, 32), "r3d": (8, 32, 32)}
 # Cumulative (temporal, spatial) stride of each I3D endpoint.
 I3D_STRIDES = {
     "Conv3d_1a_7x7": (2, 2), "MaxPool3d_2a_3x3": (2, 4), "Conv3d_2b_1x1": (2, 4), "Conv3d_2c_3x3": (2, 4),
@@ -36,6 +37,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _expected_map_shape(family: str, endpoint: str, t: int, h: int, w: int) -> tuple[int, int, int]:
     if family == "i3d":
         st, ss = I3D_STRIDES[endpoint]
+        return math.ceil(t / st), math.ceil(h / ss), math.ceil(w / ss)
+    if family == "r3d":  # R3D-18 strides time too (layer2..4)
+        st, ss = R3D_STRIDES[endpoint]
         return math.ceil(t / st), math.ceil(h / ss), math.ceil(w / ss)
     ss = (X3D_SPATIAL if family == "x3d" else RESNET_SPATIAL)[endpoint]
     return t, math.ceil(h / ss), math.ceil(w / ss)
@@ -82,7 +86,7 @@ def test_every_endpoint_shape_dtype_finite(built):
             timed = model.forward_head(feats, keep_time=True, endpoint=endpoint)
             assert timed.shape == (2, t, model.endpoint_dims[endpoint]), endpoint
             assert torch.isfinite(pooled).all() and torch.isfinite(timed).all()
-            if family != "i3d":
+            if family in ("x3d", "resnet"):
                 assert t == x.shape[2]  # X3D and ResNet: one feature per input frame
         default = model.forward_features(x)
         assert default.shape[1] == model.endpoint_channels[model.endpoints[-1]]

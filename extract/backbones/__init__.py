@@ -1,4 +1,4 @@
-"""Backbone registry (a literal dict, GUIDE rule 3) and the named variant builders.
+"""Backbone registry (a literal dict: no import side effects) and the named variant builders.
 
 Every builder is keyword-only and takes ``weights``:
 
@@ -22,6 +22,7 @@ import torch
 
 from featbank.extract.backbones.common import VideoBackbone
 from featbank.extract.backbones.i3d import InceptionI3d, create_i3d
+from featbank.extract.backbones.r3d import r3d_18
 from featbank.extract.backbones.resnet import FrameResNet, create_resnet
 from featbank.extract.backbones.variants import VARIANTS
 from featbank.extract.backbones.x3d import X3D, create_x3d
@@ -151,6 +152,7 @@ BACKBONES: dict[str, Callable[..., VideoBackbone]] = {
     "x3d-l": x3d_l,
     "resnet18": resnet18,
     "resnet50": resnet50,
+    "r3d-18": r3d_18,
 }
 
 

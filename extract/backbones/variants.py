@@ -1,4 +1,4 @@
-"""One table of facts per backbone variant (GUIDE rule 13).
+"""One table of facts per backbone variant (facts live in one place, not in copied docstrings).
 
 Everything a caller needs to feed a variant correctly lives here: clip length, frame
 stride and fps of the time grid, resize/crop, normalisation, feature dimension and the
@@ -104,6 +104,12 @@ VARIANTS: dict[str, VariantFacts] = {
         family="resnet", clip_len=1, frame_stride=1, target_fps=None, resize=256, crop=224,
         mean=IMAGENET_MEAN, std=IMAGENET_STD, feature_dim=2048, num_classes=1000,
         top1=76.13, top1_source="ImageNet-1k val, torchvision IMAGENET1K_V1", params_m=25.6,
+    ),
+    "r3d-18": VariantFacts(
+        family="r3d", clip_len=16, frame_stride=1, target_fps=15.0, resize=128, crop=112,
+        mean=(0.43216, 0.394666, 0.37645), std=(0.22803, 0.22145, 0.216989), feature_dim=512, num_classes=400,
+        top1=63.2, top1_source="Kinetics-400 val, torchvision R3D_18_Weights.KINETICS400_V1 (video level, 5 clips of 16 frames at 15 fps)",
+        params_m=33.4,
     ),
 }
 
