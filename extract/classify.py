@@ -1,4 +1,4 @@
-"""Whole-video Kinetics-400 classification (the GUIDE §5 protocol).
+"""Whole-video Kinetics-400 classification (the protocol the reference I3D outputs were computed with).
 
 Decode every frame, resample to the backbone's fps by index stepping (25 fps for I3D),
 resize the short side (256, bilinear, no antialias), centre-crop (224, floor offsets), normalise

@@ -147,7 +147,7 @@ def open_video(
 def resample_indices(n_frames: int, src_fps: float, target_fps: float | None) -> np.ndarray:
     """Source-frame indices that resample a video to ``target_fps`` by index stepping.
 
-    GUIDE §5 rule: ``idx = floor(arange(0, n, src_fps / target_fps))``; frames are dropped when
+    The reference I3D protocol: ``idx = floor(arange(0, n, src_fps / target_fps))``; frames are dropped when
     slowing down and repeated when ``target_fps > src_fps``.
 
     Args:

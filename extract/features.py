@@ -1,4 +1,4 @@
-"""Pure feature extraction: frames in, rows out (GUIDE rule 5).
+"""Pure feature extraction: frames in, rows out (I/O stays in the job, so this is testable as an oracle).
 
 ``extract_video`` is the oracle the batch job (extract/job.py) is tested against: it
 takes one video's frames, already resampled to the target rate, cuts them into windows
@@ -18,18 +18,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 import torch
 
 from featbank.store.schema import BackboneSpec, VideoRows
 
-SAMPLER_NAMES = ("sliding", "tsn", "dense", "whole")
-VIEW_NAMES = ("center", "3crop", "flip", "3crop+flip")
+# The allowed values are Literal types so that configs are checked against one list (the
+# job's ExtractConfig validates its fields from these annotations).
+SamplerName = Literal["sliding", "tsn", "dense", "whole"]
+ViewName = Literal["center", "3crop", "flip", "3crop+flip"]
+LastPolicy = Literal["pad", "drop", "shift"]
+PoolName = Literal["avg", "none"]
+SAMPLER_NAMES: tuple[str, ...] = get_args(SamplerName)
+VIEW_NAMES: tuple[str, ...] = get_args(ViewName)
 VIEW_COUNTS = {"center": 1, "3crop": 3, "flip": 2, "3crop+flip": 6}
-LAST_POLICIES = ("pad", "drop", "shift")
-POOLS = ("avg", "none")
+LAST_POLICIES: tuple[str, ...] = get_args(LastPolicy)
+POOLS: tuple[str, ...] = get_args(PoolName)
 
 
 @dataclass(frozen=True)

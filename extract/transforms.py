@@ -1,7 +1,7 @@
 """Pure tensor transforms from decoded uint8 frames to normalised model input.
 
 Clips are ``(C, T, H, W)`` float tensors throughout. Resizing is bilinear without antialias by
-default (the GUIDE §5 protocol the reference I3D outputs were computed with). Crop offsets follow
+default (the protocol the reference I3D outputs were computed with). Crop offsets follow
 torchvision: ``round((H - size) / 2)`` for the centre; the 3 crops of ``three_crop`` lie along the
 long side (left/top, centre, right/bottom), as in SlowFast/pytorchvideo test-time 3-crop.
 """
@@ -43,7 +43,7 @@ def resize_short_side(x: torch.Tensor, size: int, antialias: bool = False) -> to
     Args:
         x: ``(C, T, H, W)`` float clip.
         size: Target length of the short side.
-        antialias: Low-pass filter when downscaling (off by default: the GUIDE §5 protocol).
+        antialias: Low-pass filter when downscaling (off by default: the reference I3D protocol).
 
     Returns:
         ``(C, T, H', W')`` with ``min(H', W') == size``.
@@ -74,7 +74,7 @@ def crop(x: torch.Tensor, top: int, left: int, size: int) -> torch.Tensor:
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre square crop: ``(..., H, W) -> (..., size, size)``; offsets ``(H - size) // 2``.
 
-    Floor offsets, as in the Kinetics I3D reference protocol (GUIDE §5); torchvision rounds
+    Floor offsets, as in the Kinetics I3D reference protocol; torchvision rounds
     instead, which moves the window by one pixel when the margin is odd (e.g. a 455-pixel
     side) and shifts I3D logits by up to ~0.5.
     """

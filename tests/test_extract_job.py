@@ -272,7 +272,7 @@ def test_cli_extract_exit_codes_and_malformed_manifest(videos, tmp_path, capsys)
 @pytest.mark.slow
 def test_real_i3d_whole_clip_logits_match_reference(shared_data, tmp_path):
     """The job with the K400 I3D, whole-clip sampling and the Logits endpoint reproduces the
-    reference top-1 of the shared clip (GUIDE §5 protocol: 25 fps, resize 256, crop 224)."""
+    reference top-1 of the shared clip (reference protocol: 25 fps, resize 256, crop 224)."""
     import json
 
     expected = json.loads((shared_data / "clips" / "expected_i3d_k400.json").read_text())["clip_c.mp4"]

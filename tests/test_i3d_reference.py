@@ -1,4 +1,4 @@
-"""The ported I3D with the real Kinetics-400 weights reproduces the reference outputs (GUIDE §5),
+"""The ported I3D with the real Kinetics-400 weights reproduces the reference outputs (expected_i3d_k400.json),
 and ``featbank classify`` reports per video, skipping bad ones."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``featbank classify VIDEO...``: Kinetics-400 top-5 per video (whole-video protocol, GUIDE §5)."""
+"""``featbank classify VIDEO...``: Kinetics-400 top-5 per video (the whole-video protocol of the reference I3D outputs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The feature contract every backbone implements (GUIDE rule 2, timm style).
+"""The feature contract every backbone implements (timm style: the job talks only to it).
 
 ``forward_features(x, endpoint)`` returns a 5-D map ``(B, C', T', H', W')``;
 ``forward_head(feats, pre_logits, keep_time)`` pools it to ``(B, D)`` or ``(B, T', D)``,
