@@ -1,0 +1,115 @@
+"""Dense optical flow (extract/flow.py): direction and magnitude on a constructed translation,
+the I3D clipping/scaling convention, and the frame-folder writers in both layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from featbank.extract.flow import (  # noqa: E402
+    FlowConfig,
+    FlowError,
+    dense_flow,
+    dequantize_flow,
+    extract_flow_folders,
+    quantize_flow,
+    read_flow_frames,
+    scale_flow,
+    tvl1_available,
+    write_flow_frames,
+)
+
+
+def _texture(size: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    g = cv2.GaussianBlur((rng.random((size, size)) * 255).astype(np.float32), (0, 0), 2.0)
+    return cv2.normalize(g, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def _translating(dx: float, dy: float, n: int = 3, size: int = 128) -> np.ndarray:
+    """``n`` RGB frames of a smooth random texture moving ``(dx, dy)`` px per frame (sub-pixel ok)."""
+    base = _texture(size)
+    frames = []
+    for t in range(n):
+        m = np.float32([[1, 0, dx * t], [0, 1, dy * t]])
+        g = cv2.warpAffine(base, m, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        frames.append(np.repeat(g.clip(0, 255).astype(np.uint8)[..., None], 3, -1))
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize("algorithm", ["dis", "farneback"] + (["tvl1"] if tvl1_available() else []))
+@pytest.mark.parametrize("dx,dy", [(3.0, -2.0), (-4.5, 1.5)])
+def test_translation_direction_and_magnitude(algorithm, dx, dy):
+    flow = dense_flow(_translating(dx, dy), FlowConfig(algorithm))
+    assert flow.shape == (2, 128, 128, 2) and flow.dtype == np.float32
+    inner = flow[:, 16:-16, 16:-16]  # away from the reflected border
+    mx, my = float(np.median(inner[..., 0])), float(np.median(inner[..., 1]))
+    assert abs(mx - dx) <= 0.1 * abs(dx) and abs(my - dy) <= 0.1 * abs(dy), (algorithm, mx, my)
+    assert np.sign(inner[..., 0]).mean() * np.sign(dx) > 0.9  # x right, y down, per pixel
+
+
+def test_clipping_and_scaling():
+    f = np.array([-50.0, -20.0, -10.0, 0.0, 7.5, 20.0, 31.0], np.float32).reshape(1, 1, 7, 1).repeat(2, -1)
+    s = scale_flow(f, 20.0)
+    np.testing.assert_allclose(s[0, 0, :, 0], [-1, -1, -0.5, 0, 0.375, 1, 1])
+    q = quantize_flow(f, 20.0)
+    assert q.dtype == np.uint8 and q[0, 0, 0, 0] == 0 and q[0, 0, -1, 0] == 255 and q[0, 0, 3, 0] == 128
+    back = dequantize_flow(q)  # what the I3D flow stream reads: x / 255 * 2 - 1
+    assert np.abs(back - s).max() <= 1.0 / 255 + 1e-6
+    assert np.abs(scale_flow(f, 10.0)).max() == 1.0 and scale_flow(f, 10.0)[0, 0, 2, 0] == -1.0
+
+
+@pytest.mark.parametrize("layout", ["xy", "uv"])
+def test_writers_round_trip_both_layouts(tmp_path, layout):
+    flow = dense_flow(_translating(2.0, 1.0, n=4, size=64), FlowConfig("dis"))
+    q = quantize_flow(flow)
+    paths = write_flow_frames(tmp_path / "v", q, layout=layout, ext="png")
+    names = sorted(p.relative_to(tmp_path / "v").as_posix() for p in paths)
+    if layout == "xy":
+        assert names[:2] == ["x_00001.png", "x_00002.png"] and "y_00003.png" in names
+    else:
+        assert names[:2] == ["u/000001.png", "u/000002.png"] and "v/000003.png" in names
+    np.testing.assert_array_equal(read_flow_frames(tmp_path / "v", layout), q)  # png: lossless
+
+
+def test_xy_folder_reads_through_the_flow_decoder(tmp_path):
+    from featbank.extract.decode_folder import FolderSource
+
+    q = quantize_flow(dense_flow(_translating(2.0, 0.0, n=3, size=64), FlowConfig("dis")))
+    write_flow_frames(tmp_path / "v", q, layout="xy", ext="png")
+    src = FolderSource(str(tmp_path / "v"), modality="flow")
+    got = src.read(np.arange(2)).frames
+    assert got.shape == (2, 64, 64, 2)
+    np.testing.assert_array_equal(got, q)
+
+
+def test_batch_folders_resume_failures_and_provenance(tmp_path):
+    from featbank.experiments.data.synth_i2v import write_mp4
+
+    write_mp4(tmp_path / "a.mp4", _translating(2.0, 0.0, n=5, size=64), fps=8)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    items = [("a", str(tmp_path / "a.mp4")), ("bad", str(tmp_path / "bad.mp4"))]
+    s = extract_flow_folders(items, tmp_path / "out", FlowConfig("farneback"), layout="uv")
+    assert s.done == ["a"] and [v for v, _ in s.failures] == ["bad"] and s.exit_code == 2
+    rec = json.loads((tmp_path / "out" / "a" / "flow.json").read_text())
+    assert rec["flow"]["algorithm"] == "farneback" and rec["flow"]["bound"] == 20.0 and "fb_winsize" in rec["flow"]
+    assert rec["flow_frames"] == 4 and len(list((tmp_path / "out" / "a" / "u").iterdir())) == 4
+    assert "bad" in (tmp_path / "out" / "failures.jsonl").read_text()
+    again = extract_flow_folders(items, tmp_path / "out", FlowConfig("farneback"), layout="uv")
+    assert again.skipped == ["a"] and again.done == []  # resume: finished folders are skipped
+
+
+def test_bad_config_names_the_culprit():
+    with pytest.raises(FlowError, match="raft"):
+        FlowConfig("raft")
+    with pytest.raises(FlowError, match="bound"):
+        FlowConfig(bound=0)
+    if not tvl1_available():
+        from featbank.extract.flow import flow_function
+
+        with pytest.raises(FlowError, match="opencv-contrib"):
+            flow_function(FlowConfig("tvl1"))
