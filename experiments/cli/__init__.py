@@ -28,6 +28,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.bank",
     "featbank.experiments.cli.run",
     "featbank.experiments.cli.classify",
+    "featbank.experiments.cli.glad",
 )
 
 
