@@ -9,10 +9,15 @@ scalar tensors. ``tests/test_heads_registry.py`` sweeps every entry.
 from __future__ import annotations
 
 from .cycda import CycdaImageHead, CycdaVideoHead
+from .probes import AttentionPoolHead, LinearProbe, MLPProbe, TCNHead
 
 HEADS = {
     "cycda-image": CycdaImageHead,
     "cycda-video": CycdaVideoHead,
+    "linear": LinearProbe,
+    "mlp": MLPProbe,
+    "attn": AttentionPoolHead,
+    "tcn": TCNHead,
 }
 
 

@@ -29,6 +29,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.run",
     "featbank.experiments.cli.classify",
     "featbank.experiments.cli.glad",
+    "featbank.experiments.cli.train",
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 # Recipes ``featbank run`` dispatches to, by the config's top-level ``recipe`` key (literal dict).
 RECIPES = {
     "cycda": "featbank.experiments.cli.run:_run_cycda",
+    "train": "featbank.experiments.cli.train:run_from_config",
 }
 
 # End-to-end demos of ``featbank demo --recipe NAME`` (literal dict). Each entry is
