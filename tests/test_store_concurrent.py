@@ -10,23 +10,22 @@ import numpy as np
 
 from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
 
+TIMEOUT = 600  # a failure timeout only: generous, so that a loaded machine never trips it
+
 WRITER = '''
-import os
 import sys
-import time
 import numpy as np
 from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
 
 path, rank, world, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 store = open_store(path, mode="a")
 fs = store.create_set(FeatureSetInfo("shared/feats", (48,), "float32"))
-# start barrier: every rank has created/opened the set before anyone writes
-open(f"{path}.ready{rank}", "w").close()
-deadline = time.monotonic() + 60
-while not all(os.path.exists(f"{path}.ready{r}") for r in range(world)):
-    if time.monotonic() > deadline:
-        sys.exit(f"rank {rank}: the other ranks never became ready")
-    time.sleep(0.01)
+# start barrier: tell the test this rank has created/opened the set, then wait for its "go",
+# which it sends once every rank is ready (an event, not a deadline: a loaded machine only
+# makes the wait longer; EOF means the test is gone)
+print("ready", flush=True)
+if sys.stdin.readline().strip() != "go":
+    sys.exit(f"rank {rank}: no go signal from the test")
 for i in range(rank, n, world):
     rng = np.random.default_rng(i)
     k = 1 + i % 9
@@ -59,9 +58,18 @@ def test_two_processes_write_one_store_then_compact(tmp_path):
     script.write_text(WRITER)
     path, n, world = tmp_path / "store.zarr", 400, 2
     procs = [subprocess.Popen([sys.executable, str(script), str(path), str(r), str(world), str(n)],
-                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(world)]
+    for p in procs:  # barrier: every rank reports ready (a dead rank fails the test at once)
+        line = p.stdout.readline()
+        if line.strip() != "ready":
+            p.wait(timeout=TIMEOUT)
+            raise AssertionError(f"a writer died before the barrier: {p.stderr.read()}")
     for p in procs:
-        _, err = p.communicate(timeout=180)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        _, err = p.communicate(timeout=TIMEOUT)
         assert p.returncode == 0, err
     _check_all(path, n, world)
     with open_store(path) as st:
@@ -91,7 +99,7 @@ def test_forked_children_get_their_own_segments(tmp_path):
     for c in children:
         c.start()
     for c in children:
-        c.join(60)
+        c.join(TIMEOUT)
         assert c.exitcode == 0
     store.close()
     _check_all(path, 60, 3)

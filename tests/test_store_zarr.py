@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,10 @@ import zarr
 
 from featbank.store import (
     SCHEMA_VERSION,
-    FeatureSetInfo,
     NotAStoreError,
     SchemaVersionError,
     StoreError,
     VideoMeta,
-    VideoRows,
     open_store,
 )
 from featbank.store.testing import assert_rows_equal, make_info, make_rows
@@ -282,38 +279,6 @@ def test_validate_reports_bad_times(tmp_path):
     with open_store(path, mode="r") as st:
         problems = st.validate()
     assert len(problems) == 1 and "'v002'" in problems[0] and "ends before" in problems[0]
-
-
-# ---- scale --------------------------------------------------------------------------------
-def _open_time(path: Path, probe: str) -> float:
-    t0 = time.perf_counter()
-    with open_store(path, mode="r") as st:
-        fs = st.open_set("s")
-        assert probe in fs
-        fs.read(probe)
-    return time.perf_counter() - t0
-
-
-def _many_videos(path: Path, n: int) -> None:
-    r = VideoRows(np.ones((2, 4), np.float32), [0.0, 1.0], [1.0, 2.0])
-    with open_store(path, mode="w") as st:
-        fs = st.create_set(FeatureSetInfo("s", (4,), "float16"))
-        for i in range(n):
-            fs.write_video(r, VideoMeta(f"video_{i:07d}", source=f"/data/video_{i:07d}.mp4", labels=(i % 400,),
-                                        split="train", domain="ucf", fps=25.0, n_frames=250, duration=10.0))
-        st.compact()
-
-
-def test_open_time_proxy(tmp_path):
-    """5,000 videos open (index loaded, one read) fast: a per-video-array layout would take seconds."""
-    _many_videos(tmp_path / "s.zarr", 5000)
-    assert min(_open_time(tmp_path / "s.zarr", "video_0004999") for _ in range(3)) < 0.25
-
-
-@pytest.mark.slow
-def test_open_100k_videos_within_one_second(tmp_path):
-    _many_videos(tmp_path / "s.zarr", 100_000)
-    assert min(_open_time(tmp_path / "s.zarr", "video_0099999") for _ in range(3)) <= 1.0
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])
