@@ -213,6 +213,63 @@ class CategoryBank:
             torch.tensor(conf, dtype=torch.float32),
         )
 
+    def refill(self, feats: torch.Tensor, labels, conf, ids) -> None:
+        """Empty the bank, then push a whole set (CFB rebuilds its bank at every evaluation pass).
+
+        An explicit update: ``feats`` ``(N, ...)`` (per-time-step entries ``(N, T, D)`` are fine),
+        ``labels``/``conf`` ``(N,)``, ``ids`` N hashable ids. In heap mode each class ends with
+        exactly ``min(cap, members)`` entries, the most confident ones.
+        """
+        self.clear()
+        self.push(feats, labels, conf, ids)
+
+    def draw(self, labels, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """One uniformly random entry of each query's own class (with replacement across queries).
+
+        Args:
+            labels: ``(B,)`` classes of the queries (e.g. the labels of source samples).
+            generator: random generator for reproducible draws.
+
+        Returns:
+            ``(feats (B, ...), found (B,) bool, ids)``: rows whose class holds no entry have
+            ``found == False``, a zero feature and id ``None`` (the caller keeps its own feature).
+        """
+        lab = torch.as_tensor(labels).reshape(-1).tolist()
+        groups = self._by_class()
+        shape = next(iter(self._entries.values()))[3].shape if self._entries else torch.Size([0])
+        feats = torch.zeros((len(lab), *shape))
+        found = torch.zeros(len(lab), dtype=torch.bool)
+        ids: list = [None] * len(lab)
+        picks = torch.rand(len(lab), generator=generator).tolist()
+        for b, (c, u) in enumerate(zip(lab, picks)):
+            if not 0 <= int(c) < self.num_classes:
+                raise BankStateError(f"CategoryBank.draw: class {c} outside [0, {self.num_classes})")
+            ent = groups[int(c)]
+            if ent:
+                _, _, i, f = ent[min(int(u * len(ent)), len(ent) - 1)]
+                feats[b], found[b], ids[b] = f, True, i
+        return feats, found, ids
+
+    def save_class_stacks(self, folder: str | os.PathLike) -> list[str]:
+        """Write one ``{cls}.npy`` stack per non-empty class (CFB's released bank files) plus
+        ``bank.json`` (ids and confidences per class, most confident first); returns the file names."""
+        import json
+
+        import numpy as np
+
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        names, meta = [], {}
+        for c, ent in enumerate(self._by_class()):
+            if not ent:
+                continue
+            np.save(os.path.join(folder, f"{c}.npy"), torch.stack([e[3] for e in ent]).numpy())
+            names.append(f"{c}.npy")
+            meta[str(c)] = {"ids": [str(e[2]) for e in ent], "conf": [round(float(e[0]), 6) for e in ent]}
+        with open(os.path.join(folder, "bank.json"), "w") as f:
+            json.dump({"cap": self.cap, "mode": self.mode, "weights_id": self.weights_id, "classes": meta}, f)
+        return names
+
     # ---- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state (``torch.save``-able) including the weights id."""

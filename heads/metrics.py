@@ -308,3 +308,41 @@ def neighbour_recall(approx_I, exact_I, k: int = 10) -> float:
     found = (a[:, :, None] == e[:, None, :]) & (e[:, None, :] >= 0)  # (Q, k, k)
     n_true = (e >= 0).sum(1).clamp(min=1)
     return float((found.any(1).sum(1).double() / n_true).mean())
+
+
+class TwoStreamScores(NamedTuple):
+    """Fused predictions of a two-stream (RGB + flow) per-time-step classifier."""
+
+    pred_logits: torch.Tensor  # (N,) argmax of time-mean(z_rgb + z_flow)           -> Acc
+    pred_softmax: torch.Tensor  # (N,) argmax of time-mean(softmax(z_rgb) + softmax(z_flow)) -> AccSf
+    conf_softmax: torch.Tensor  # (N,) that fused softmax score of the argmax class, in [0, 2]
+
+
+def two_stream_scores(rgb_steps, flow_steps=None, rgb_mask=None, flow_mask=None) -> TwoStreamScores:
+    """CFB's two fusions of per-time-step logits ``(N, T, C)`` (flow may be absent: one stream).
+
+    Masks ``(N, T)`` (True = real step) restrict the time means. ``Acc`` fuses raw logits, ``AccSf``
+    (the published headline) sums the per-step softmaxes; the ``AccSf`` score is also the
+    confidence CFB ranks target videos by for its flow bank.
+    """
+
+    def tmean(x, m):
+        x = _as_tensor(x, torch.float64)
+        m = torch.ones(x.shape[:2], dtype=torch.bool) if m is None else _as_tensor(m, torch.bool)
+        w = m.to(x.dtype)[..., None]  # (N, T, 1)
+        return (x * w).sum(1) / w.sum(1).clamp_min(1.0)  # (N, T, C) -> (N, C)
+
+    logits = tmean(rgb_steps, rgb_mask)
+    soft = tmean(torch.softmax(_as_tensor(rgb_steps, torch.float64), -1), rgb_mask)
+    if flow_steps is not None:
+        logits = logits + tmean(flow_steps, flow_mask)
+        soft = soft + tmean(torch.softmax(_as_tensor(flow_steps, torch.float64), -1), flow_mask)
+    conf, pred_sf = soft.max(1)
+    return TwoStreamScores(logits.argmax(1), pred_sf, conf)
+
+
+def acc_and_acc_sf(rgb_steps, flow_steps, labels, rgb_mask=None, flow_mask=None) -> dict[str, float]:
+    """``{"acc": ..., "acc_sf": ...}``: top-1 of the logit fusion and of the softmax fusion."""
+    s = two_stream_scores(rgb_steps, flow_steps, rgb_mask, flow_mask)
+    y = _as_labels(labels)
+    return {"acc": top1_accuracy(s.pred_logits, y), "acc_sf": top1_accuracy(s.pred_softmax, y)}

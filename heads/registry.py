@@ -8,12 +8,17 @@ scalar tensors. ``tests/test_heads_registry.py`` sweeps every entry.
 
 from __future__ import annotations
 
+from .cfb import CfbPaceHead, CfbStreamHead
 from .cycda import CycdaImageHead, CycdaVideoHead
+from .glad import GladHead
 from .probes import AttentionPoolHead, LinearProbe, MLPProbe, TCNHead
 
 HEADS = {
     "cycda-image": CycdaImageHead,
     "cycda-video": CycdaVideoHead,
+    "glad": GladHead,
+    "cfb-stream": CfbStreamHead,
+    "cfb-pace": CfbPaceHead,
     "linear": LinearProbe,
     "mlp": MLPProbe,
     "attn": AttentionPoolHead,

@@ -161,3 +161,48 @@ def test_no_update_inside_forward():
     for m, b in zip((src, queue, avg), before):
         for k, v in m.state_dict().items():
             assert torch.equal(v, b[k]), k
+
+
+def test_cfb_bank_keeps_exactly_the_60_most_confident_per_class():
+    """CFB: per class the 60 most confident target entries (per-time-step (T, D) features)."""
+    g = torch.Generator().manual_seed(3)
+    n, num_classes, cap = 500, 4, 60
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    labels[:10] = 3  # class 3 gets 10 + its random share; class sizes all exceed 60
+    conf = torch.rand(n, generator=g)
+    ids = [f"v{i}" for i in range(n)]
+    feats = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, 2, 3).clone()  # entry i holds i
+    bank = CategoryBank(num_classes, cap=cap)
+    bank.push(torch.zeros(3, 2, 3), [0, 1, 2], [2.0, 2.0, 2.0], ["old0", "old1", "old2"])
+    bank.refill(feats, labels, conf, ids)  # explicit rebuild: the old entries are gone
+    assert bank.counts() == [cap] * num_classes and len(bank) == cap * num_classes
+    for c in range(num_classes):
+        members = [i for i in range(n) if labels[i] == c]
+        want = sorted(members, key=lambda i: -conf[i].item())[:cap]
+        got = bank.entries(c)
+        assert [int(i[1:]) for _, i, _ in got] == want
+        assert all(f.shape == (2, 3) and f[0, 0].item() == int(i[1:]) for _, i, f in got)
+        assert min(p for p, _, _ in got) >= max(conf[i].item() for i in members if i not in want)
+
+
+def test_cfb_bank_draw_only_from_the_query_class_and_persists_stacks(tmp_path):
+    import numpy as np
+
+    bank = CategoryBank(3, cap=60)
+    ids = list(range(30))
+    bank.refill(_feats_for(ids), [i % 2 for i in ids], torch.rand(30), ids)  # class 2 stays empty
+    queries = torch.tensor([0, 1, 1, 0, 2, 1] * 20)
+    feats, found, got_ids = bank.draw(queries, generator=torch.Generator().manual_seed(0))
+    assert found.tolist() == [c != 2 for c in queries.tolist()]
+    for c, f, i, ok in zip(queries.tolist(), feats, got_ids, found.tolist()):
+        if ok:
+            assert i % 2 == c and f[0].item() == i  # an entry of the query's own class
+        else:
+            assert i is None and f.abs().sum() == 0
+    assert len({i for i, ok in zip(got_ids, found.tolist()) if ok}) > 10  # random, not one entry
+    a = bank.draw(queries, generator=torch.Generator().manual_seed(5))[2]
+    assert a == bank.draw(queries, generator=torch.Generator().manual_seed(5))[2]  # reproducible
+    names = bank.save_class_stacks(tmp_path / "epoch_000")
+    assert names == ["0.npy", "1.npy"]
+    s0 = np.load(tmp_path / "epoch_000" / "0.npy")
+    assert s0.shape == (15, 4) and sorted(s0[:, 0].astype(int).tolist()) == list(range(0, 30, 2))
