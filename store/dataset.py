@@ -495,11 +495,14 @@ class RowSet:
 
     def pooled(self) -> torch.Tensor:
         """``(V, D)`` mean of each video's rows (views / maps averaged too), float32."""
-        x = self.feats.float().reshape(len(self.feats), -1, self.dim).mean(1)  # (R, D)
-        v = torch.from_numpy(self.row_video)
-        out = torch.zeros(len(self.video_ids), self.dim)
-        out.index_add_(0, v, x)
-        return out / torch.from_numpy(np.maximum(self.n_rows, 1)).float()[:, None]
+        x = self.feats.numpy().astype(np.float32, copy=False)
+        if x.ndim > 2:
+            x = x.reshape(len(x), -1, self.dim).mean(1)  # (R, *S, D) -> (R, D)
+        out = np.zeros((len(self.video_ids), self.dim), np.float32)
+        for i, (a, b) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+            if b > a:  # videos without rows stay zero
+                out[i] = x[a:b].mean(0)
+        return torch.from_numpy(out)
 
     def subset(self, index: Sequence[int] | np.ndarray) -> "RowSet":
         """The videos at ``index`` (in that order), as a new ``RowSet``."""
