@@ -12,6 +12,7 @@ from .cfb import CfbPaceHead, CfbStreamHead
 from .cycda import CycdaImageHead, CycdaVideoHead
 from .glad import GladHead
 from .probes import AttentionPoolHead, LinearProbe, MLPProbe, TCNHead
+from .ssl import TemporalCueHead
 
 HEADS = {
     "cycda-image": CycdaImageHead,
@@ -23,6 +24,7 @@ HEADS = {
     "mlp": MLPProbe,
     "attn": AttentionPoolHead,
     "tcn": TCNHead,
+    "temporal-cue": TemporalCueHead,
 }
 
 
