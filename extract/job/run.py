@@ -22,9 +22,9 @@ from ..sharding import resolve_shard, select_shard
 from .config import ExtractConfig, default_set_name
 from .distributed import OwnedGroup, init_distributed
 from .loop import consume, open_stream
-from .provenance import set_info
+from .provenance import set_info, settings_differences
 from .report import ExtractSummary
-from .runtime import build_pipeline, probe_pipeline
+from .runtime import build_pipeline, prepare_engine
 from .tasks import duration_weights, load_tasks
 from .verify import verify_extraction
 
@@ -59,6 +59,22 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True, store: Any = No
             dist.destroy()
 
 
+def check_same_settings(old: Any, new: Any) -> None:
+    """Refuse to add rows made with other settings to an existing set (one set, one way of making rows).
+
+    Raises:
+        SettingsConflictError: naming every differing field.
+    """
+    from ..errors import SettingsConflictError
+
+    diffs = settings_differences(old, new)
+    if diffs:
+        raise SettingsConflictError(
+            f"feature set {old.name!r} was extracted with other settings ({'; '.join(diffs)}); "
+            f"extract into a new set (--set NEW_NAME) or delete this one first"
+        )
+
+
 def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist: Any, *, progress: bool,
                store: Any) -> ExtractSummary:
     """``run_extraction`` for one process: its shard of ``tasks_all`` into the store."""
@@ -73,14 +89,23 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
     name = cfg.feature_set or default_set_name(cfg.backbone, pipe.sampling)
 
     own_store = store is None
-    fstore = _open_store(cfg.store, "a", fsync=cfg.fsync) if own_store else store
+    if own_store and dist is not None and rank != 0:
+        dist.barrier()  # rank 0 creates the store first: ranks creating its folders at once race
     try:
-        committed = set(fstore.open_set(name, allow_stale=True).video_ids()) if name in fstore.feature_sets() else set()
+        fstore = _open_store(cfg.store, "a", fsync=cfg.fsync) if own_store else store
+    finally:
+        if own_store and dist is not None and rank == 0:
+            dist.barrier()  # the store exists (or rank 0 failed and says why); the other ranks open it
+    try:
+        existing = fstore.open_set(name, allow_stale=True) if name in fstore.feature_sets() else None
+        committed = set(existing.video_ids()) if existing is not None else set()
         todo = [t for t in tasks if t.video_id not in committed]
-        # decoding workers start now and overlap the probe forward pass and the set creation
+        # decoding workers start now and overlap the engine set-up (conversion, probe) and the set creation
         items = open_stream(cfg, pipe, todo) if todo else iter(())
-        probe_pipeline(pipe)
-        info = set_info(cfg, pipe.spec, pipe.sampling, pipe.row_shape, name)
+        prepare_engine(pipe, cfg)
+        info = set_info(cfg, pipe.spec, pipe.sampling, pipe.row_shape, name, pipe.choice)
+        if existing is not None:
+            check_same_settings(existing.info, info)
         if rank == 0:
             fstore.set_backbone_weights(cfg.backbone, pipe.spec.weights_id)
             fs = fstore.create_set(info, exist_ok=True)
@@ -113,12 +138,10 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
         summary.seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        close_writer = getattr(fs, "close", None)
-        if close_writer is not None:  # release this process's writer segment before rank 0 compacts
-            close_writer()
+        fs.close()  # release this process's writer segment before rank 0 compacts
         if dist is not None:
             dist.barrier()
-        if cfg.compact and rank == 0 and s_count == 1 and hasattr(fs, "compact"):
+        if cfg.compact and rank == 0 and s_count == 1:
             summary.compacted = bool(fs.compact())
         if cfg.verify and rank == 0:
             summary.verify = verify_extraction(fstore, name, cfg.verify, seed=cfg.seed, cfg=cfg, pipe=pipe)
