@@ -352,3 +352,40 @@ def extract_flow_folders(items: Sequence[tuple[str, str]], out_root: str | os.Pa
                 f.write(json.dumps({"video_id": vid, "error": err}) + "\n")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+# ---- flow-stream weights when no flow checkpoint is at hand ---------------------------------
+
+FIRST_CONV = "Conv3d_1a_7x7.conv3d.weight"
+
+
+def flow_weights_from_rgb(state_dict: dict, in_channels: int = 2) -> dict:
+    """An I3D flow state dict from an RGB one: the first conv averaged over colour channels and
+    repeated for the flow channels (the cross-modality initialisation of TSN); all else as is.
+
+    A stand-in, not flow weights: real ones (pytorch-i3d ``flow_imagenet.pt`` /
+    ``flow_charades.pt``) load with ``create_backbone("i3d-flow", weights=PATH)``.
+    """
+    if FIRST_CONV not in state_dict:
+        raise FlowError(f"not an I3D state dict: no {FIRST_CONV!r}")
+    out = dict(state_dict)
+    w = state_dict[FIRST_CONV]  # (64, 3, kt, kh, kw)
+    out[FIRST_CONV] = w.mean(dim=1, keepdim=True).repeat(1, in_channels, 1, 1, 1).contiguous()  # -> (64, 2, ...)
+    return out
+
+
+def write_flow_weights_from_k400(path: str | os.PathLike) -> Path:
+    """Write :func:`flow_weights_from_rgb` of the cached Kinetics-400 RGB I3D to ``path`` (a
+    pytorch-i3d-layout file ``create_backbone("i3d-flow", weights=path)`` loads)."""
+    import torch
+
+    from featbank.extract.weights import i3d_k400_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sd, _ = i3d_k400_state_dict()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(flow_weights_from_rgb(sd), tmp)
+        os.replace(tmp, path)
+    return path

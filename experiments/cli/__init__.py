@@ -30,6 +30,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.classify",
     "featbank.experiments.cli.glad",
     "featbank.experiments.cli.train",
+    "featbank.experiments.cli.cfb",
 )
 
 

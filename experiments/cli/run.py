@@ -12,6 +12,7 @@ from pathlib import Path
 RECIPES = {
     "cycda": "featbank.experiments.cli.run:_run_cycda",
     "train": "featbank.experiments.cli.train:run_from_config",
+    "cfb": "featbank.experiments.cli.cfb:_run_cfb",
 }
 
 # End-to-end demos of ``featbank demo --recipe NAME`` (literal dict). Each entry is
@@ -21,6 +22,7 @@ RECIPES = {
 # ``source_only_ci95``, ``final_ci95``, ``seeds``, ``seconds`` and ``rows`` (the whole table).
 DEMOS = {
     "cycda": "featbank.experiments.cli.run:_demo_cycda",
+    "cfb": "featbank.experiments.cli.cfb:_demo_cfb",
 }
 
 
