@@ -44,12 +44,14 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from . import bank_auto as _auto
 from .base import FeatureSet, FeatureStore
 from .errors import StaleFeaturesError, StoreError
 from .select import select_videos as _select
 
 BANK_FORMAT = 1
 AUTO_MIN_SPEEDUP = 2.0  # `auto` keeps an approximate index only when it beats exact search by this factor
+RETUNE_GROWTH = 0.5  # `add` retunes nprobe / efSearch once the bank grew by this fraction since the last tuning
 METRICS = ("cosine", "l2")
 LEVELS = ("row", "video")
 
@@ -60,14 +62,6 @@ class BankError(StoreError, ValueError):
 
 class StaleBankError(StaleFeaturesError):
     """The bank's feature set was produced by backbone weights that are no longer current."""
-
-
-class _NotFasterThanExact(Exception):
-    """Tuning stopped: the index is already too slow to beat exact search (``auto`` falls back)."""
-
-    def __init__(self, name: str, value: int, recall: float, seconds: float) -> None:
-        super().__init__(name)
-        self.name, self.value, self.recall, self.seconds = name, value, recall, seconds
 
 
 class Neighbour(NamedTuple):
@@ -98,13 +92,25 @@ class BankInfo:
         ef_search: tuned HNSW ``efSearch`` (0 when not HNSW).
         k_factor: tuned re-ranking shortlist factor (0 without a refine stage).
         recall_target: target of the tuning.
-        recall_at_10: true-neighbour recall@10 against exact search measured on the tuning
-            sample (1.0 for exact indexes).
-        tune_queries: number of tuning queries.
+        recall_at_10: true-neighbour recall@10 against exact search, measured on held-out
+            queries that were not in the index and not used to pick the parameters (1.0 for
+            exact indexes).
+        tune_queries: number of held-out queries that picked the parameters.
         build_seconds: wall time of the build (train + add + tune).
         gpu: whether searches ran on a GPU when built.
         created: ISO-8601 creation time.
-        auto_reason: why ``auto`` fell back to exact search (the tuned index was not faster).
+        auto_reason: why ``auto`` chose what it chose (exact search for small sets, the
+            fastest candidate, or the fallback to exact search).
+        warning: set when the index misses its recall target (the bank still answers).
+        heldout_queries: held-out queries behind ``recall_at_10``.
+        tuned_ntotal: bank size when the parameters were last tuned (``add`` retunes once the
+            bank grew by ``RETUNE_GROWTH`` since).
+        retunes: how many times ``add`` retuned.
+        memory_budget: bytes ``auto`` allowed for the index.
+        build_budget_s: seconds ``auto`` allowed for building candidates.
+        candidates: what ``auto`` considered (index, status, params, recall, ms/query, build s).
+        source_digest: digest of the set's videos and build options (the build cache key).
+        on_disk: inverted lists live in an ``.ivfdata`` file next to the index (mmapped).
     """
 
     set_name: str = ""
@@ -127,6 +133,15 @@ class BankInfo:
     gpu: bool = False
     created: str = ""
     auto_reason: str = ""
+    warning: str = ""
+    heldout_queries: int = 0
+    tuned_ntotal: int = 0
+    retunes: int = 0
+    memory_budget: int = 0
+    build_budget_s: float = 0.0
+    candidates: tuple = ()
+    source_digest: str = ""
+    on_disk: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -136,7 +151,10 @@ class BankInfo:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BankInfo":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        if "candidates" in kw:
+            kw["candidates"] = tuple(dict(c) for c in kw["candidates"])
+        return cls(**kw)
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -189,29 +207,8 @@ def default_bank_dir(store_path: str | os.PathLike, set_name: str, name: str = "
     return root / urllib.parse.quote(set_name, safe="") / name
 
 
-def _ivf_of(index):
-    faiss = _faiss()
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
-
-
-def _hnsw_of(index):
-    faiss = _faiss()
-    idx = faiss.downcast_index(index)
-    return idx if hasattr(idx, "hnsw") else None
-
-
-def _refine_of(index):
-    faiss = _faiss()
-    idx = faiss.downcast_index(index)
-    return idx if isinstance(idx, faiss.IndexRefine) else None
-
-
-def _auto_nlist(n: int) -> int:
-    nlist = 2 ** int(round(math.log2(max(2.0 * math.sqrt(n), 1.0))))
-    return int(min(max(nlist, 16), 65536, max(16, n // 39)))
+_ivf_of, _hnsw_of, _refine_of = _auto.ivf_of, _auto.hnsw_of, _auto.refine_of
+_auto_nlist = _auto.auto_nlist
 
 
 def _memory_budget() -> int:
@@ -221,8 +218,19 @@ def _memory_budget() -> int:
         return 8 << 30
 
 
+def check_recall_target(value: float) -> float:
+    """``recall_target`` must be a fraction in (0, 1]."""
+    v = float(value)
+    if not (0.0 < v <= 1.0):
+        raise BankError(f"recall_target must be in (0, 1] (a fraction of the true top-10), got {value}")
+    return v
+
+
 def choose_index(n: int, dim: int, *, flat_max: int = 50_000, memory_budget: int | None = None) -> str:
-    """The factory string ``index="auto"`` builds for ``n`` vectors of dimension ``dim``.
+    """The IVF candidate ``index="auto"`` considers for ``n`` vectors (``Flat`` up to ``flat_max``).
+
+    ``auto`` also considers ``HNSW{M},Flat`` (see ``featbank.store.bank_auto``); this returns
+    the IVF codec that fits the budget: ``Flat``, ``SQfp16`` or ``SQ8`` codes.
 
     Raises:
         BankError: when even 8-bit IVF codes exceed ``memory_budget`` bytes.
@@ -233,30 +241,140 @@ def choose_index(n: int, dim: int, *, flat_max: int = 50_000, memory_budget: int
             raise BankError(f"{n} x {dim} float32 vectors exceed the memory budget of {budget} bytes")
         return "Flat"
     nlist = _auto_nlist(n)
-    for codec, bytes_per_dim in (("Flat", 4), ("SQfp16", 2), ("SQ8", 1)):
-        if n * dim * bytes_per_dim <= budget:
-            return f"IVF{nlist},{codec}"
+    factory = _auto.ivf_factory(n, dim, budget)
+    if factory is not None:
+        return factory
     raise BankError(
         f"{n} x {dim} vectors need {n * dim} bytes even as 8-bit codes, over the memory budget of "
         f"{budget} bytes; pass an explicit factory (e.g. 'IVF{nlist},PQ64,RFlat' re-ranks exactly but "
-        "holds float32 vectors; PQ alone drops true-neighbour recall@10 to ~0.1) or raise memory_budget"
+        "holds float32 vectors; PQ alone drops true-neighbour recall@10 to ~0.1), build the bank on disk "
+        "(`featbank bank build --on-disk`), or raise memory_budget"
     )
 
 
-def _exact_neighbours(data: np.ndarray, queries: np.ndarray, k: int, metric_type: int) -> np.ndarray:
-    return _faiss().knn(queries, data, k, metric=metric_type)[1]  # brute force, no copy of data
+def _train_and_add(factory: str, dim: int, metric_type: int, xb: np.ndarray, rng, train_size: int | None):
+    """Build ``factory`` over ``xb``: ``(index, n_train, seconds)``. faiss adds with all its threads."""
+    faiss = _faiss()
+    t0 = time.perf_counter()
+    try:
+        idx = faiss.index_factory(dim, factory, metric_type)
+    except RuntimeError as e:
+        raise BankError(f"faiss cannot build index {factory!r} for dim {dim}: {str(e).splitlines()[0]}") from None
+    n = len(xb)
+    n_train = 0
+    if not idx.is_trained:
+        ivf = _ivf_of(idx)
+        default_train = 40 * ivf.nlist if ivf is not None else 100_000
+        n_train = int(min(n, train_size or default_train))
+        if ivf is not None and n_train < ivf.nlist:
+            raise BankError(f"index {factory!r} needs at least {ivf.nlist} training vectors, the set has {n}")
+        sample = xb[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else xb
+        idx.train(sample)
+    idx.add(xb)
+    return idx, n_train, time.perf_counter() - t0
 
 
-def _recall_excluding_self(approx: np.ndarray, exact: np.ndarray, self_ids: np.ndarray, k: int) -> float:
-    """Recall@k of ``approx`` vs ``exact`` after dropping each query's own id from both."""
-    hits = 0
-    total = 0
-    for a, e, s in zip(approx, exact, self_ids):
-        e = [x for x in e if x != s and x >= 0][:k]
-        a = set([x for x in a if x != s and x >= 0][:k])
-        hits += len(a.intersection(e))
-        total += len(e)
-    return hits / max(total, 1)
+def _choose_auto(xb, n_total, dim, ho, metric_type, target, budget, build_budget, t_start, rng, train_size) -> dict:
+    """Build, tune and time ``auto``'s candidates over ``xb``; keep the fastest that meets the target.
+
+    Returns a dict: ``index`` (the chosen faiss index, None for exact search), ``tuned``,
+    ``factory``, ``n_train``, ``reason`` and ``candidates`` (every ``bank_auto.Candidate``).
+    """
+    faiss = _faiss()
+    n = len(xb)
+    nq = len(ho.tune)
+    min_speedup = AUTO_MIN_SPEEDUP
+    exact_ms = 1000 * ho.exact_seconds / nq
+    cands: list[_auto.Candidate] = [
+        _auto.Candidate("Flat", "exact baseline", {}, 1.0, exact_ms, est_bytes=_auto.index_bytes("Flat", n_total, dim))
+    ]
+    built: list[tuple[_auto.Candidate, Any, _auto.Tuned, int]] = []
+    flops = 2.0 * nq * n * dim / max(ho.exact_seconds, 1e-9)  # this machine's brute-force rate
+
+    def left() -> float:
+        return build_budget - (time.perf_counter() - t_start)
+
+    def consider(factory: str, est_s: float, note: str = "") -> None:
+        c = _auto.Candidate(factory, "", {}, est_bytes=_auto.index_bytes(factory, n_total, dim), note=note)
+        cands.append(c)
+        if c.est_bytes > budget:
+            c.status = "over memory budget"
+            c.note = (note + "; " if note else "") + f"needs ~{c.est_bytes / 2**20:.0f} MiB of {budget / 2**20:.0f} MiB"
+            return
+        if est_s > left():
+            c.status = "over build budget"
+            c.note = (note + "; " if note else "") + f"estimated build {est_s:.0f}s, {max(left(), 0):.0f}s of the budget left"
+            return
+        idx, n_train, secs = _train_and_add(factory, dim, metric_type, xb, rng, train_size)
+        tuned = _auto.tune(idx, ho, target, stop_when_slow=True, min_speedup=min_speedup)
+        c.params, c.recall_at_10, c.build_seconds = tuned.params, tuned.recall, secs
+        c.ms_per_query = 1000 * tuned.seconds / nq
+        if tuned.slow:
+            c.status = f"slower than exact / {min_speedup:g} before reaching the target"
+        elif tuned.below_target:
+            c.status = "below target"
+        elif tuned.seconds * min_speedup > ho.exact_seconds:
+            c.status = f"meets target, less than {min_speedup:g}x faster than exact"
+        else:
+            c.status = "meets target"
+        built.append((c, idx, tuned, n_train))
+
+    # IVF: the codec that fits the memory budget
+    nlist = _auto.auto_nlist(n_total)
+    ivf = _auto.ivf_factory(n_total, dim, budget)
+    n_train = int(min(n, train_size or 40 * nlist))
+    consider(ivf or f"IVF{nlist},SQ8", _auto.estimate_ivf_seconds(n, dim, nlist, n_train, flops))
+    # HNSW: compare M on a pilot when the set is large, build the best one in full
+    if n <= 2 * _auto.PILOT_N:
+        prev = None
+        for m in _auto.HNSW_MS:
+            est = 0.0 if prev is None else prev[1] * m / prev[0]
+            consider(f"HNSW{m},Flat", est)
+            if built and built[-1][0].index == f"HNSW{m},Flat":
+                prev = (m, built[-1][0].build_seconds)
+    else:
+        pilot = xb[np.sort(rng.choice(n, _auto.PILOT_N, replace=False))]
+        ho_p = _auto.heldout_against(np.concatenate([ho.tune, ho.check]), pilot, metric_type, ho.k)
+        best = None  # (ms, m, seconds, efSearch, recall)
+        for m in _auto.HNSW_MS:
+            f = f"HNSW{m},Flat"
+            if _auto.index_bytes(f, n_total, dim) > budget:
+                continue
+            if best is not None and best[2] * m / best[1] * 1.5 > left():
+                break
+            idx, _, secs = _train_and_add(f, dim, metric_type, pilot, rng, None)
+            t = _auto.tune(idx, ho_p, target)
+            score = (t.below_target, t.seconds)
+            if best is None or score < best[0]:
+                best = (score, m, secs, t.params.get("efSearch", 0), t.recall)
+            del idx
+        if best is None:
+            consider(f"HNSW{_auto.HNSW_MS[0]},Flat", 0.0)
+        else:
+            _, m, secs, ef, rec = best
+            note = (f"M {m} chosen on a {_auto.PILOT_N}-vector pilot of M {'/'.join(map(str, _auto.HNSW_MS))} "
+                    f"(efSearch {ef}, recall {rec:.3f}, pilot build {secs:.1f}s)")
+            consider(f"HNSW{m},Flat", _auto.estimate_hnsw_seconds(secs, _auto.PILOT_N, n_total), note)
+
+    ok = [b for b in built if b[0].status == "meets target"]
+    if ok:
+        c, idx, tuned, n_tr = min(ok, key=lambda b: b[2].seconds)
+        c.status = "chosen"
+        reason = (f"fastest candidate meeting recall@10 >= {target} on held-out queries: {c.index} "
+                  f"{c.ms_per_query:.3f} vs exact {exact_ms:.3f} ms/query ({exact_ms / max(c.ms_per_query, 1e-9):.1f}x); "
+                  f"memory budget {budget / 2**30:.1f} GiB, build budget {build_budget:.0f}s")
+        return {"index": idx, "tuned": tuned, "factory": c.index, "n_train": n_tr, "reason": reason, "candidates": cands}
+    if _auto.index_bytes("Flat", n_total, dim) <= budget:
+        reason = (f"no candidate met recall@10 >= {target} at least {min_speedup:g}x faster than exact search: "
+                  + "; ".join(f"{c.index} {c.status}" for c in cands[1:]))
+        return {"index": None, "reason": reason, "candidates": cands}
+    if not built:
+        return {"index": None, "reason": "; ".join(f"{c.index} {c.status}" for c in cands[1:]), "candidates": cands}
+    c, idx, tuned, n_tr = max(built, key=lambda b: b[2].recall)
+    c.status = "chosen (below target)"
+    reason = (f"exact search does not fit the memory budget ({budget / 2**30:.1f} GiB) and no candidate met "
+              f"recall@10 >= {target}: {c.index} has the best held-out recall ({c.recall_at_10:.3f})")
+    return {"index": idx, "tuned": tuned, "factory": c.index, "n_train": n_tr, "reason": reason, "candidates": cands}
 
 
 # ---- the bank ----------------------------------------------------------------------------------
@@ -281,9 +399,19 @@ class FaissBank:
         store: FeatureStore | None = None,
         allow_stale: bool = False,
         gpu: bool | None = None,
+        order: np.ndarray | None = None,
+        retune_growth: float | None = RETUNE_GROWTH,
     ) -> None:
         self.index = index
         self.info = info
+        # internal faiss id -> bank id (position in video_ids/rows/labels): held-out tuning
+        # queries are added to the index last, but bank ids stay in input order
+        self._order = np.arange(index.ntotal, dtype=np.int64) if order is None else np.asarray(order, np.int64)
+        if len(self._order) != index.ntotal:
+            raise BankError(f"bank id order has {len(self._order)} entries for an index of {index.ntotal} vectors")
+        self._inverse: np.ndarray | None = None
+        self.retune_growth = retune_growth
+        self.cached = False  # True when `build` reused a saved bank of the unchanged set
         self.video_ids = np.asarray(list(video_ids), dtype=object)
         self.rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -314,6 +442,8 @@ class FaissBank:
         train_size: int | None = None,
         flat_max: int = 50_000,
         memory_budget: int | None = None,
+        build_budget: float | None = None,
+        retune_growth: float | None = RETUNE_GROWTH,
         gpu: bool | None = None,
         seed: int = 0,
         info_fields: Mapping[str, Any] | None = None,
@@ -328,17 +458,20 @@ class FaissBank:
             index: ``"auto"`` or a faiss factory string.
             metric: ``"cosine"`` or ``"l2"``.
             level: recorded level (``"row"`` or ``"video"``).
-            recall_target: true-neighbour recall@10 the tuning aims for.
-            tune_queries: tuning sample size (queries drawn from the data).
+            recall_target: true-neighbour recall@10 the tuning aims for, in (0, 1].
+            tune_queries: held-out queries that pick the parameters (as many again check them).
             train_size: vectors used to train the index (default ``40 * nlist``, capped at N).
             flat_max: ``auto`` builds exact ``Flat`` up to this many vectors.
-            memory_budget: bytes ``auto`` may use for codes (default half the RAM).
+            memory_budget: bytes the index may take (default half the RAM).
+            build_budget: seconds ``auto`` may spend building candidates (default 600).
+            retune_growth: ``add`` retunes once the bank grew by this fraction (None: never).
             gpu: search on GPU (default: when faiss sees one).
-            seed: seed of the training and tuning samples.
+            seed: seed of the training and held-out samples.
             info_fields: extra ``BankInfo`` fields (set name, backbone, weights id, filters).
 
         Returns:
-            The bank.
+            The bank; ``bank.info`` records what was built, its held-out recall and, for
+            ``auto``, every candidate considered.
         """
         faiss = _faiss()
         t0 = time.perf_counter()
@@ -346,6 +479,9 @@ class FaissBank:
             raise BankError(f"metric {metric!r} not in {METRICS}")
         if level not in LEVELS:
             raise BankError(f"level {level!r} not in {LEVELS}")
+        recall_target = check_recall_target(recall_target)
+        if int(tune_queries) < 1:
+            raise BankError(f"tune_queries must be >= 1, got {tune_queries}")
         x = _as_matrix(feats, "feats")
         n, dim = x.shape
         if n == 0:
@@ -359,53 +495,68 @@ class FaissBank:
         if metric == "cosine":
             x = x.copy()
             faiss.normalize_L2(x)
-        factory = choose_index(n, dim, flat_max=flat_max, memory_budget=memory_budget) if index == "auto" else index
-        metric_type = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-        try:
-            idx = faiss.index_factory(dim, factory, metric_type)
-        except RuntimeError as e:
-            raise BankError(f"faiss cannot build index {factory!r} for dim {dim}: {str(e).splitlines()[0]}") from None
-        rng = np.random.default_rng(seed)
-        n_train = 0
-        if not idx.is_trained:
-            ivf = _ivf_of(idx)
-            default_train = 40 * ivf.nlist if ivf is not None else 100_000
-            n_train = int(min(n, train_size or default_train))
-            if ivf is not None and n_train < ivf.nlist:
-                raise BankError(f"index {factory!r} needs at least {ivf.nlist} training vectors, the set has {n}")
-            sample = x[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else x
-            idx.train(sample)
-        idx.add(x)
-        fields = dict(info_fields or {})
-        info = BankInfo(
-            metric=metric,
-            level=level,
-            index=factory,
-            requested_index=index,
-            dim=dim,
-            train_size=n_train,
-            recall_target=float(recall_target),
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **fields,
-        )
-        bank = cls(idx, info, video_ids, rows, y, gpu=gpu)
         budget = _memory_budget() if memory_budget is None else int(memory_budget)
-        may_fall_back = index == "auto" and factory != "Flat" and n * dim * 4 <= budget
-        t_exact, t_approx = bank._tune(x, recall_target, tune_queries, rng, stop_when_slow=may_fall_back)
-        if may_fall_back and t_approx * AUTO_MIN_SPEEDUP > t_exact:
-            # the tuned index is not worth it on this data: exact search
-            reason = (f"{factory} at nprobe={bank.info.nprobe} (recall@10 {bank.info.recall_at_10:.3f}, target "
-                      f"{recall_target}) was only {t_exact / max(t_approx, 1e-9):.1f}x faster than exact search "
-                      f"(< {AUTO_MIN_SPEEDUP}x)")
+        build_budget = _auto.DEFAULT_BUILD_BUDGET if build_budget is None else float(build_budget)
+        metric_type = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+        info = BankInfo(
+            metric=metric, level=level, index=index, requested_index=index, dim=dim,
+            recall_target=recall_target, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            memory_budget=budget, build_budget_s=build_budget if index == "auto" else 0.0,
+            **dict(info_fields or {}),
+        )
+        rng = np.random.default_rng(seed)
+
+        def finish(bank: "FaissBank") -> "FaissBank":
+            bank.info = dataclasses.replace(
+                bank.info, build_seconds=round(time.perf_counter() - t0, 3), tuned_ntotal=bank.ntotal,
+                gpu=bank._search_index is not bank.index,
+            )
+            return bank
+
+        def exact_bank(reason: str, candidates: tuple = ()) -> "FaissBank":
             flat = faiss.index_factory(dim, "Flat", metric_type)
             flat.add(x)
-            info = dataclasses.replace(info, index="Flat", train_size=0, auto_reason=reason)
-            bank = cls(flat, info, video_ids, rows, y, gpu=gpu)
-            bank._tune(x, recall_target, tune_queries, rng)
-        bank.info = dataclasses.replace(
-            bank.info, build_seconds=round(time.perf_counter() - t0, 3), gpu=bank._search_index is not bank.index
+            i = dataclasses.replace(info, index="Flat", recall_at_10=1.0, auto_reason=reason, candidates=candidates)
+            return finish(cls(flat, i, video_ids, rows, y, gpu=gpu, retune_growth=retune_growth))
+
+        if index == "auto" and n <= flat_max:
+            if _auto.index_bytes("Flat", n, dim) > budget:
+                raise BankError(f"{n} x {dim} float32 vectors exceed the memory budget of {budget} bytes")
+            return exact_bank(f"{n} vectors <= flat_max {flat_max}: exact search")
+        if index == "Flat":
+            return exact_bank("")
+        if n < 4:
+            raise BankError(f"{n} vectors are too few for the approximate index {index!r}; use index='Flat'")
+        n_hold = max(2, min(2 * int(tune_queries), n // 5))
+        keep, hold, ho = _auto.make_heldout(x, n_hold, rng, metric_type)
+        xb = x[keep]
+        if index == "auto":
+            choice = _choose_auto(xb, n, dim, ho, metric_type, recall_target, budget, build_budget, t0, rng, train_size)
+            cands = tuple(c.to_dict() for c in choice["candidates"])
+            if choice["index"] is None:
+                if _auto.index_bytes("Flat", n, dim) <= budget:
+                    return exact_bank(choice["reason"], cands)
+                raise BankError(f"no index fits: {choice['reason']}")
+            idx, tuned, factory, n_train = choice["index"], choice["tuned"], choice["factory"], choice["n_train"]
+            reason = choice["reason"]
+        else:
+            idx, n_train, _ = _train_and_add(index, dim, metric_type, xb, rng, train_size)
+            tuned = _auto.tune(idx, ho, recall_target)
+            factory, reason, cands = index, "", ()
+        warning = ""
+        if tuned.below_target:
+            knob = ", ".join(f"{k} {v}" for k, v in tuned.params.items()) or "no search-time parameter"
+            warning = (f"recall@10 {tuned.recall:.3f} on {len(ho.check)} held-out queries is below the target "
+                       f"{recall_target} ({knob})")
+        idx.add(x[hold])  # the held-out vectors join the bank once tuning is done
+        info = dataclasses.replace(
+            info, index=factory, train_size=n_train, nprobe=tuned.params.get("nprobe", 0),
+            ef_search=tuned.params.get("efSearch", 0), k_factor=tuned.params.get("k_factor", 0),
+            recall_at_10=round(tuned.recall, 4), tune_queries=len(ho.tune), heldout_queries=len(ho.check),
+            auto_reason=reason, warning=warning, candidates=cands,
         )
-        return bank
+        order = np.concatenate([keep, hold]).astype(np.int64)
+        return finish(cls(idx, info, video_ids, rows, y, gpu=gpu, order=order, retune_growth=retune_growth))
 
     @classmethod
     def build(
@@ -421,6 +572,7 @@ class FaissBank:
         labels: Iterable[int] | None = None,
         recall_target: float = 0.95,
         allow_stale: bool = False,
+        cache_dir: str | os.PathLike | None = None,
         **kw: Any,
     ) -> "FaissBank":
         """Build a bank over a feature set of ``store``.
@@ -437,23 +589,39 @@ class FaissBank:
             recall_target: true-neighbour recall@10 the tuning aims for.
             allow_stale: index a stale set anyway (the bank then answers only with
                 ``allow_stale=True`` too).
+            cache_dir: a saved bank folder; when the bank saved there was built from the same
+                videos of the same set with the same options (``BankInfo.source_digest``), it is
+                loaded instead of rebuilt (``bank.cached`` is then True).
             **kw: passed to ``from_arrays`` (``tune_queries``, ``train_size``, ``flat_max``,
-                ``memory_budget``, ``gpu``, ``seed``).
+                ``memory_budget``, ``build_budget``, ``gpu``, ``seed``).
 
         Returns:
             The bank, attached to ``store`` (staleness is checked on every query).
         """
         if level not in LEVELS:
             raise BankError(f"level {level!r} not in {LEVELS}")
+        recall_target = check_recall_target(recall_target)
         fs = store.open_set(set_name, allow_stale=allow_stale)
         filters = _filters(split, domain, labels)
         keep = select_videos(fs, **filters)
+        digest = _source_digest(fs, keep, level=level, metric=metric, index=index, recall_target=recall_target,
+                                filters=filters, **kw)
+        if cache_dir is not None and (Path(cache_dir) / "bank.json").is_file():
+            try:
+                saved = json.loads((Path(cache_dir) / "bank.json").read_text())["info"].get("source_digest")
+            except (OSError, ValueError, KeyError):
+                saved = None
+            if saved == digest:
+                bank = cls.load(cache_dir, store=store, allow_stale=allow_stale)
+                bank.cached = True
+                return bank
         feats, ids, y = set_vectors(fs, keep, level)
         info_fields = {
             "set_name": set_name,
             "backbone": fs.info.backbone,
             "weights_id": fs.info.weights_id,
             "filters": filters,
+            "source_digest": digest,
         }
         bank = cls.from_arrays(
             feats, ids=ids, labels=y, index=index, metric=metric, level=level,
@@ -471,85 +639,80 @@ class FaissBank:
         return faiss.ParameterSpace()
 
     def _apply_params(self) -> None:
-        ps = self._param_space()
-        for name, value in (("nprobe", self.info.nprobe), ("efSearch", self.info.ef_search), ("k_factor", self.info.k_factor)):
-            if value:
-                ps.set_index_parameter(self._search_index, name, int(value))
+        for target in {id(self.index): self.index, id(self._search_index): self._search_index}.values():
+            ps = self._param_space() if target is self._search_index else _faiss().ParameterSpace()
+            for name, value in (("nprobe", self.info.nprobe), ("efSearch", self.info.ef_search),
+                                ("k_factor", self.info.k_factor)):
+                if value:
+                    ps.set_index_parameter(target, name, int(value))
 
-    def _tune(
-        self, x: np.ndarray, target: float, n_queries: int, rng: np.random.Generator, k: int = 10,
-        stop_when_slow: bool = False,
-    ) -> tuple[float, float]:
-        """Pick the smallest nprobe / efSearch / k_factor reaching ``target`` recall@k.
+    def _exact_over_index(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Exact top-``k`` internal ids of ``q`` over the vectors stored in the index (chunked).
 
-        With ``stop_when_slow`` the search stops as soon as a setting short of the target is
-        already less than ``AUTO_MIN_SPEEDUP`` times faster than exact search.
-
-        Returns:
-            ``(exact_seconds, approx_seconds)``: batch times of exact search and of the tuned
-            index on the tuning queries (``(0, 0)`` for exact indexes).
+        Vectors are read back from the index (``reconstruct_n``): exact for Flat codes, the
+        decoded values for SQ codes.
         """
         faiss = _faiss()
-        n = len(x)
-        ivf, hnsw, refine = _ivf_of(self.index), _hnsw_of(self.index), _refine_of(self.index)
-        if isinstance(faiss.downcast_index(self.index), faiss.IndexFlat):  # exact: nothing to measure
-            self.info = dataclasses.replace(self.info, recall_at_10=1.0, tune_queries=0)
-            return 0.0, 0.0
-        nq = int(min(n_queries, n))
-        qid = np.sort(rng.choice(n, nq, replace=False))
-        q = x[qid]
-        kk = min(k + 1, n)
+        ivf = _ivf_of(self.index)
+        if ivf is not None:
+            ivf.make_direct_map()
         metric_type = faiss.METRIC_INNER_PRODUCT if self.info.metric == "cosine" else faiss.METRIC_L2
-        t0 = time.perf_counter()
-        exact = _exact_neighbours(x, q, kk, metric_type)
-        t_exact = time.perf_counter() - t0
-        ps = self._param_space()
+        heap = faiss.ResultHeap(len(q), k, keep_max=self.info.metric == "cosine")
+        step = 65536
+        for s in range(0, self.ntotal, step):
+            m = min(step, self.ntotal - s)
+            try:
+                chunk = self.index.reconstruct_n(s, m)
+            except RuntimeError as e:
+                raise BankError(f"index {self.info.index!r} cannot return its vectors to retune: rebuild the bank") from e
+            d, i = faiss.knn(q, chunk, min(k, m), metric=metric_type)
+            if d.shape[1] < k:  # pad a short last chunk
+                d = np.pad(d, ((0, 0), (0, k - d.shape[1])), constant_values=-np.inf if self.info.metric == "cosine" else np.inf)
+                i = np.pad(i, ((0, 0), (0, k - i.shape[1])), constant_values=-1)
+            heap.add_result(np.ascontiguousarray(d, dtype=np.float32), np.where(i >= 0, i + s, -1).astype(np.int64))
+        heap.finalize()
+        return heap.I
 
-        def recall_with(name: str, value: int) -> float:
-            ps.set_index_parameter(self._search_index, name, int(value))
-            ts = time.perf_counter()
-            approx = self._search_index.search(q, kk)[1]
-            elapsed = time.perf_counter() - ts
-            rec = _recall_excluding_self(approx, exact, qid, k)
-            if stop_when_slow and rec < target and elapsed * AUTO_MIN_SPEEDUP > t_exact:
-                raise _NotFasterThanExact(name, value, rec, elapsed)
-            return rec
+    def retune(self, queries, *, recall_target: float | None = None) -> BankInfo:
+        """Retune nprobe / efSearch on held-out ``queries`` (vectors that are not in the bank).
 
-        try:
-            chosen, rec = self._search_params(recall_with, target, ivf, hnsw, refine, q, kk, exact, qid, k, ps)
-        except _NotFasterThanExact as e:
-            key = {"nprobe": "nprobe", "efSearch": "ef_search", "k_factor": "k_factor"}[e.name]
-            self.info = dataclasses.replace(self.info, **{key: int(e.value)}, recall_at_10=round(e.recall, 4), tune_queries=nq)
-            return t_exact, e.seconds
+        The first half of the queries picks the parameter, the second half checks it (the
+        recorded ``recall_at_10``). ``add`` calls this by itself once the bank grew by
+        ``retune_growth`` since the last tuning.
+
+        Returns:
+            The updated ``BankInfo``.
+        """
+        if self.info.on_disk:
+            raise BankError("an on-disk bank is tuned when it is built; rebuild it after large growth")
+        if _auto.param_range(self.index) is None and _refine_of(self.index) is None:
+            return self.info  # exact or no search-time parameter: nothing to tune
+        target = check_recall_target(self.info.recall_target if recall_target is None else recall_target)
+        q = _as_matrix(queries)
+        if q.shape[1] != self.info.dim:
+            raise BankError(f"queries have dim {q.shape[1]}, the bank has dim {self.info.dim}")
+        if len(q) < 2 or not np.isfinite(q).all():
+            raise BankError("retune needs at least 2 finite held-out query vectors")
+        if self.info.metric == "cosine":
+            q = q.copy()
+            _faiss().normalize_L2(q)
+        k = min(10, self.ntotal)
+        exact = self._exact_over_index(q, k)
+        h = len(q) // 2
+        ho = _auto.HeldOut(q[:h], exact[:h], q[h:], exact[h:], exact_seconds=0.0, k=k)
+        tuned = _auto.tune(self.index, ho, target)
+        warning = ""
+        if tuned.below_target:
+            warning = (f"recall@10 {tuned.recall:.3f} on {len(ho.check)} held-out queries is below the target "
+                       f"{target} after retuning ({tuned.params})")
         self.info = dataclasses.replace(
-            self.info,
-            nprobe=chosen.get("nprobe", 0),
-            ef_search=chosen.get("efSearch", 0),
-            k_factor=chosen.get("k_factor", 0),
-            recall_at_10=round(float(rec), 4),
-            tune_queries=nq,
+            self.info, nprobe=tuned.params.get("nprobe", 0), ef_search=tuned.params.get("efSearch", 0),
+            k_factor=tuned.params.get("k_factor", 0), recall_at_10=round(tuned.recall, 4), recall_target=target,
+            tune_queries=len(ho.tune), heldout_queries=len(ho.check), tuned_ntotal=self.ntotal,
+            retunes=self.info.retunes + 1, warning=warning,
         )
         self._apply_params()
-        t0 = time.perf_counter()
-        self._search_index.search(q, kk)
-        return t_exact, time.perf_counter() - t0
-
-    def _search_params(self, recall_with, target, ivf, hnsw, refine, q, kk, exact, qid, k, ps):
-        """The tuning loop proper: returns ``({param: value}, recall)``."""
-        chosen: dict[str, int] = {}
-        if refine is not None:
-            chosen["k_factor"] = 4
-            ps.set_index_parameter(self._search_index, "k_factor", 4)
-        if ivf is not None:
-            chosen["nprobe"], rec = _smallest_reaching(lambda v: recall_with("nprobe", v), 1, ivf.nlist, target)
-        elif hnsw is not None:
-            chosen["efSearch"], rec = _smallest_reaching(lambda v: recall_with("efSearch", v), 16, 4096, target)
-        else:  # no search-time parameter (e.g. flat PQ codes): measure only
-            approx = self._search_index.search(q, kk)[1]
-            rec = _recall_excluding_self(approx, exact, qid, k)
-        if refine is not None and rec < target:
-            chosen["k_factor"], rec = _smallest_reaching(lambda v: recall_with("k_factor", v), 4, 256, target)
-        return chosen, rec
+        return self.info
 
     # ---- device ------------------------------------------------------------------------------
     @staticmethod
@@ -613,11 +776,17 @@ class FaissBank:
             bank ids (``-1`` when fewer than ``k`` exist), best first; torch tensors when
             ``queries`` is a tensor, numpy arrays otherwise.
         """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise BankError(f"k (neighbours per query) must be an integer >= 1, got {k!r}")
         self._check_fresh(allow_stale)
         as_torch = hasattr(queries, "detach")
         q = _as_matrix(queries)
         if q.shape[1] != self.info.dim:
             raise BankError(f"queries have dim {q.shape[1]}, bank over {self.info.set_name!r} has dim {self.info.dim}")
+        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        if len(bad):
+            raise BankError(f"{len(bad)} of {len(q)} query vectors contain NaN or Inf (first: query {bad[0]}); "
+                            "a bank answers finite vectors only")
         if self.info.metric == "cosine":
             q = q.copy()
             _faiss().normalize_L2(q)
@@ -628,6 +797,7 @@ class FaissBank:
             i_out.append(i)
         d = np.concatenate(d_out) if d_out else np.zeros((0, k), np.float32)
         i = np.concatenate(i_out) if i_out else np.zeros((0, k), np.int64)
+        i = np.where(i >= 0, self._order[np.maximum(i, 0)], -1)  # internal faiss ids -> bank ids
         if as_torch:
             import torch
 
@@ -657,12 +827,18 @@ class FaissBank:
             raise BankError(f"video {video_id!r} (row {row}) is not in this bank and no store is attached")
         return self._reconstruct(np.asarray(ids, dtype=np.int64))
 
+    def _internal(self, ids: np.ndarray) -> np.ndarray:
+        if self._inverse is None or len(self._inverse) != len(self._order):
+            self._inverse = np.empty_like(self._order)
+            self._inverse[self._order] = np.arange(len(self._order), dtype=np.int64)
+        return self._inverse[ids]
+
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
         ivf = _ivf_of(self.index)
         if ivf is not None:
             ivf.make_direct_map()
         try:
-            return self.index.reconstruct_batch(ids)
+            return self.index.reconstruct_batch(self._internal(np.asarray(ids, np.int64)))
         except RuntimeError as e:
             raise BankError(f"index {self.info.index!r} cannot return stored vectors: attach the store") from e
 
@@ -751,16 +927,43 @@ class FaissBank:
         if self.info.metric == "cosine":
             x = x.copy()
             _faiss().normalize_L2(x)
-        start = self.ntotal
-        self.index.add(x)
-        if self._search_index is not self.index:
-            self._search_index.add(x)
-        new = np.arange(start, start + len(x), dtype=np.int64)
+        if self.info.on_disk:
+            raise BankError("an on-disk bank cannot grow in place: rebuild it (`featbank bank build --on-disk`)")
+        start, m = self.ntotal, len(x)
+        tunable = _auto.param_range(self.index) is not None
+        grow = (self.retune_growth is not None and tunable
+                and start + m > max(self.info.tuned_ntotal, 1) * (1.0 + self.retune_growth))
+        internal_to_new = np.arange(m, dtype=np.int64)
+        if grow and m >= 2 * _auto.MIN_HOLDOUT:
+            # some of the new vectors stay out of the index while nprobe / efSearch are retuned on them
+            rng = np.random.default_rng(start)
+            n_hold = int(min(2 * max(self.info.tune_queries, _auto.MIN_HOLDOUT), m // 2))
+            mask = np.ones(m, bool)
+            mask[rng.choice(m, n_hold, replace=False)] = False
+            internal_to_new = np.concatenate([np.flatnonzero(mask), np.flatnonzero(~mask)])
+            self._add_raw(x[mask])
+            self.retune(x[~mask])
+            self._add_raw(x[~mask])
+            self.info = dataclasses.replace(self.info, tuned_ntotal=self.ntotal)
+        else:
+            self._add_raw(x)
+            if grow:
+                self.info = dataclasses.replace(
+                    self.info, warning=f"the bank grew to {self.ntotal} vectors since it was tuned at "
+                    f"{self.info.tuned_ntotal}; retune pending (an add of >= {2 * _auto.MIN_HOLDOUT} vectors "
+                    "or bank.retune(held_out_queries) retunes)")
+        self._order = np.concatenate([self._order, start + internal_to_new])
+        new = np.arange(start, start + m, dtype=np.int64)
         self.video_ids = np.concatenate([self.video_ids, np.asarray(vids, dtype=object)])
         self.rows = np.concatenate([self.rows, rows])
         self.labels = np.concatenate([self.labels, y])
         self._key_to_id.update({key: int(i) for key, i in zip(keys, new)})
         return new
+
+    def _add_raw(self, x: np.ndarray) -> None:
+        self.index.add(x)  # faiss adds with all its OpenMP threads
+        if self._search_index is not self.index:
+            self._search_index.add(x)
 
     def add_new_videos(self) -> list[str]:
         """Add the set's committed videos that match the bank's filters and are not yet indexed.
@@ -786,12 +989,15 @@ class FaissBank:
         """Write ``index.faiss``, ``ids.npz`` and ``bank.json`` into ``directory`` (replaced atomically per file)."""
         faiss = _faiss()
         d = Path(directory)
+        if self.info.on_disk and getattr(self, "_dir", None) is not None and Path(self._dir).resolve() != d.resolve():
+            raise BankError(f"an on-disk bank stays in its folder {self._dir} (its inverted lists file is there); "
+                            "copy the folder instead of saving elsewhere")
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / "index.faiss.tmp"
         faiss.write_index(self.index, str(tmp))
         os.replace(tmp, d / "index.faiss")
         with open(d / "ids.npz.tmp", "wb") as f:
-            np.savez(f, video_ids=self.video_ids.astype(str), rows=self.rows, labels=self.labels)
+            np.savez(f, video_ids=self.video_ids.astype(str), rows=self.rows, labels=self.labels, order=self._order)
         os.replace(d / "ids.npz.tmp", d / "ids.npz")
         meta = {"format": BANK_FORMAT, "ntotal": self.ntotal, "info": self.info.to_dict()}
         (d / "bank.json.tmp").write_text(json.dumps(meta, indent=2))
@@ -821,12 +1027,20 @@ class FaissBank:
         if meta.get("format", 0) > BANK_FORMAT:
             raise BankError(f"{d}: bank format {meta.get('format')} is newer than this featbank ({BANK_FORMAT})")
         info = BankInfo.from_dict(meta["info"])
-        index = faiss.read_index(str(d / "index.faiss"))
+        try:
+            # on-disk inverted lists are mmapped from the .ivfdata file next to index.faiss
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR if info.on_disk else 0
+            index = faiss.read_index(str(d / "index.faiss"), flags)
+        except RuntimeError as e:
+            raise BankError(f"{d}: index.faiss cannot be read ({str(e).splitlines()[0][:200]}); rebuild the bank") from None
         with np.load(d / "ids.npz", allow_pickle=False) as z:
             vids, rows, labels = z["video_ids"].astype(object), z["rows"], z["labels"]
+            order = z["order"] if "order" in z.files else None
         if store is not None and info.set_name and info.set_name not in store.feature_sets():
             raise BankError(f"{d}: the bank's feature set {info.set_name!r} is not in store {store.path!r}")
-        return cls(index, info, vids, rows, labels, store=store, allow_stale=allow_stale, gpu=gpu)
+        bank = cls(index, info, vids, rows, labels, store=store, allow_stale=allow_stale, gpu=gpu, order=order)
+        bank._dir = d
+        return bank
 
     @classmethod
     def open(cls, store: FeatureStore, set_name: str, name: str = "default", **kw: Any) -> "FaissBank":
@@ -912,6 +1126,18 @@ def set_vectors(fs: FeatureSet, video_ids: Sequence[str], level: str) -> tuple[n
     return x, ids, np.asarray(labels, np.int64)
 
 
+def _source_digest(fs: FeatureSet, video_ids: Sequence[str], **options: Any) -> str:
+    """Digest of what a bank is built from: set, weights, videos with their row counts, options."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps({"set": fs.name, "weights_id": fs.info.weights_id,
+                         "options": {k: options[k] for k in sorted(options)}}, sort_keys=True, default=str).encode())
+    for v in video_ids:
+        h.update(f"{v}\0{fs.n_rows(v)}\n".encode())
+    return h.hexdigest()[:32]
+
+
 def _split_ids(ids, n: int) -> tuple[list[str], np.ndarray]:
     if ids is None:
         return [str(i) for i in range(n)], np.full(n, -1, np.int64)
@@ -928,29 +1154,3 @@ def _split_ids(ids, n: int) -> tuple[list[str], np.ndarray]:
             vids.append(str(v))
             rows.append(int(r))
     return vids, np.asarray(rows, np.int64)
-
-
-def _smallest_reaching(recall_at, lo: int, hi: int, target: float) -> tuple[int, float]:
-    """Smallest parameter in ``[lo, hi]`` with ``recall_at(v) >= target`` (doubling, then bisection).
-
-    Returns ``(value, recall)``; ``(hi, recall_at(hi))`` when the target is never reached.
-    """
-    prev, v = None, lo
-    while True:
-        r = recall_at(v)
-        if r >= target:
-            break
-        if v >= hi:
-            return v, r
-        prev, v = v, min(2 * v, hi)
-    best, best_r = v, r
-    if prev is not None:
-        a, b = prev, v  # recall(a) < target <= recall(b)
-        while b - a > 1:
-            m = (a + b) // 2
-            rm = recall_at(m)
-            if rm >= target:
-                b, best, best_r = m, m, rm
-            else:
-                a = m
-    return best, best_r

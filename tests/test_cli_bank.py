@@ -14,6 +14,18 @@ from featbank.store.bank import FaissBank, default_bank_dir
 
 SET = "enc/pool"
 DIM = 8
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """One OpenMP thread (deterministic faiss; spinning threads stall on a loaded machine)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
 
 
 def _write_set(store, n_videos: int = 24, seed: int = 0):
@@ -90,7 +102,7 @@ def test_video_level_bank_in_custom_dir(store_path, tmp_path, capsys):
 
 def test_errors_are_one_line(store_path, tmp_path, capsys):
     code, _, err = _run(capsys, "bank", "query", store_path, "--set", SET, "--video", "v01")
-    assert code == 1 and "not a saved bank" in err and "Traceback" not in err
+    assert code == 1 and "no bank named 'default'" in err and "banks: none yet" in err and "Traceback" not in err
     _run(capsys, "bank", "build", store_path, "--set", SET)
     code, _, err = _run(capsys, "bank", "query", store_path, "--set", SET, "--video", "nope")
     assert code == 1 and "'nope'" in err
@@ -140,3 +152,82 @@ def test_eval_shows_collapsed_index():
     assert rep["class_metrics"]["exact"]["R@1"] == 1.0
     assert rep["class_metrics"]["bank"]["R@1"] >= 0.95
     assert rep["neighbour_recall_at_10"] < 0.5
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (("query", "--video", "v01", "-k", "0"), "-k must be an integer >= 1, got 0"),
+    (("query", "--video", "v01", "-k", "-2"), "-k must be an integer >= 1, got -2"),
+    (("eval", "--knn", "-k", "0"), "-k must be an integer >= 1, got 0"),
+    (("eval", "--retrieval", "--ks", "1", "0"), "--ks must be an integer >= 1, got 0"),
+    (("build", "--recall-target", "2"), "--recall-target must be in (0, 1]"),
+    (("build", "--recall-target", "0"), "--recall-target must be in (0, 1]"),
+    (("build", "--memory-budget", "lots"), "--memory-budget 'lots'"),
+])
+def test_bad_numbers_fail_before_any_work(tmp_path, capsys, argv, culprit):
+    """Checked before the store is even opened: a missing store does not mask the bad argument."""
+    sub, *rest = argv
+    missing = tmp_path / "no_such.zarr"
+    code, out, err = _run(capsys, "bank", sub, missing, "--set", SET, *rest)
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], err
+    assert not missing.exists() and not (tmp_path / "no_such.zarr.banks").exists()
+
+
+def test_recall_target_checked_in_python_api_too():
+    from featbank.store.bank import BankError
+
+    with pytest.raises(BankError, match=r"recall_target must be in \(0, 1\]"):
+        FaissBank.from_arrays(np.ones((10, 4), np.float32), recall_target=2)
+
+
+def test_nan_queries_raise_bank_error(store_path, tmp_path, capsys):
+    from featbank.store.bank import BankError
+
+    _run(capsys, "bank", "build", store_path, "--set", SET)
+    q = np.ones((3, DIM), np.float32)
+    q[1, 2] = np.nan
+    np.save(tmp_path / "nan.npy", q)
+    code, out, err = _run(capsys, "bank", "query", store_path, "--set", SET, "--vectors", tmp_path / "nan.npy")
+    assert code == 1 and out == "" and "NaN or Inf (first: query 1)" in err
+    with open_store(store_path, mode="r") as store:
+        bank = FaissBank.open(store, SET)
+        with pytest.raises(BankError, match="NaN"):
+            bank.search(q, 2)
+        with pytest.raises(BankError, match="k .*>= 1"):
+            bank.search(q[:1], 0)
+
+
+def test_missing_set_and_bank_are_named(store_path, capsys):
+    code, _, err = _run(capsys, "bank", "query", store_path, "--set", "nosuch", "--video", "v01")
+    assert code == 1 and "feature set 'nosuch' is not in store" in err and "'enc/pool'" in err
+    code, _, err = _run(capsys, "bank", "eval", store_path, "--set", "nosuch", "--knn")
+    assert code == 1 and "'nosuch'" in err and "'enc/pool'" in err
+    _run(capsys, "bank", "build", store_path, "--set", SET, "--name", "mine")
+    code, _, err = _run(capsys, "bank", "query", store_path, "--set", SET, "--video", "v01")
+    assert code == 1 and "no bank named 'default' (banks: mine)" in err
+
+
+@pytest.mark.parametrize("sub", ["build", "query", "eval"])
+def test_help_has_examples(capsys, sub):
+    with pytest.raises(SystemExit) as e:
+        main(["bank", sub, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out and f"featbank bank {sub} feats.zarr" in out
+
+
+def test_eval_same_split_leaves_each_query_out():
+    """Labels unrelated to the features: with itself as a neighbour each query would score top-1 1.0."""
+    store = MemoryStore()
+    rng = np.random.default_rng(0)
+    fs = store.create_set(FeatureSetInfo(name=SET, row_shape=(16,), dtype="float32"))
+    for v in range(120):
+        f = rng.normal(size=(2, 16)).astype(np.float32)
+        fs.write_video(VideoRows(f, [0.0, 1.0], [1.0, 2.0]), VideoMeta(f"v{v}", labels=(int(rng.integers(0, 4)),), split="train"))
+    for level in ("video", "row"):
+        rep = evaluate_bank(store, SET, mode="knn", level=level, train_split="train", test_split="train", knn_k=1)
+        assert "leave-one-video-out" in rep["self_excluded"]
+        assert rep["class_metrics"]["exact"]["top1"] < 0.6  # chance is 0.25; self-matches would give 1.0
+        assert rep["neighbour_recall_at_10"] == 1.0
+    rep = evaluate_bank(store, SET, mode="retrieval", level="row", train_split="train", test_split="train", ks=(1,))
+    assert rep["class_metrics"]["bank"]["R@1"] < 0.6
