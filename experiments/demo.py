@@ -51,14 +51,13 @@ class DemoConfig:
         cycle_overrides: ``key=value`` overrides on the cycle config.
     """
 
-    data: SynthI2VConfig = field(default_factory=lambda: SynthI2VConfig(
-        seed=0, classes=6, source_per_class=15, train_per_class=8, test_per_class=4, frames=16, fps=8, size=112))
+    data: SynthI2VConfig = field(default_factory=SynthI2VConfig)  # benchmark v2: 8 classes, 64 px
     backbone: str = "i3d-rgb-k400"
     weights: str = "default"
-    resize: int = 112
-    crop: int = 112
+    resize: int = 64
+    crop: int = 64
     static_clip_len: int = 4
-    frames_per_video: int = 3
+    frames_per_video: int = 8
     clip_len: int = 16
     threads: int = 2
     cycle_config: str = ""

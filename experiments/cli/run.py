@@ -51,18 +51,25 @@ def register(sub, groups) -> None:
     d.add_argument("--traceback", action="store_true")
     d.set_defaults(func=cmd_demo)
 
-    s = groups["data"].add_parser("synth-i2v", help="generate the synthetic image->video benchmark",
+    s = groups["data"].add_parser("synth-i2v", help="generate the synthetic image->video benchmark (v2)",
                                   description="Write jpg stills (labelled source), mp4 videos (unlabelled target "
-                                  "train, labelled target test) and `path label` manifests into OUT.")
+                                  "train, labelled target test) and `path label` manifests into OUT. Version 2: "
+                                  "8 classes, two pairs of which share their appearance and differ only in motion "
+                                  "(info.json: motion_pairs). Deterministic per seed (same decoded frames).",
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog="examples:\n  featbank data synth-i2v /tmp/i2v --seed 0\n"
+                                  "  featbank data synth-i2v /tmp/tiny --classes 4 --train-per-class 2 "
+                                  "--test-per-class 2 --size 48")
     s.add_argument("out", help="output folder")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--classes", type=int, default=6)
-    s.add_argument("--source-per-class", type=int, default=15)
-    s.add_argument("--train-per-class", type=int, default=8)
-    s.add_argument("--test-per-class", type=int, default=4)
-    s.add_argument("--frames", type=int, default=16, help="frames per video")
-    s.add_argument("--fps", type=int, default=8)
-    s.add_argument("--size", type=int, default=112, help="image / video side in pixels")
+    s.add_argument("--classes", type=int, default=8, help="first N classes of the design (2..8)")
+    s.add_argument("--source-per-class", type=int, default=16)
+    s.add_argument("--train-per-class", type=int, default=16, help="unlabelled adaptation videos per class")
+    s.add_argument("--test-per-class", type=int, default=12)
+    s.add_argument("--frames", type=int, default=32, help="frames per video")
+    s.add_argument("--fps", type=int, default=16)
+    s.add_argument("--size", type=int, default=64, help="image / video side in pixels (even)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (none is drawn into a pipe anyway)")
     s.add_argument("--traceback", action="store_true")
     s.set_defaults(func=cmd_synth_i2v)
 
@@ -137,7 +144,9 @@ def cmd_synth_i2v(args: argparse.Namespace) -> int:
         from featbank.experiments.config import ConfigError
 
         raise ConfigError(f"synth-i2v: {e}") from None
-    paths = generate(args.out, cfg, progress=True)
+    import sys
+
+    paths = generate(args.out, cfg, progress=not args.no_progress and sys.stderr.isatty())
     for k in ("source", "target_train", "target_test", "classes"):
         print(f"{k:<13} {paths[k]}")
     return 0
