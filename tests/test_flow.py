@@ -113,3 +113,39 @@ def test_bad_config_names_the_culprit():
 
         with pytest.raises(FlowError, match="opencv-contrib"):
             flow_function(FlowConfig("tvl1"))
+
+
+def test_flow_stream_weights_published_layout_and_rgb_stand_in(tmp_path):
+    """pytorch-i3d flow_charades.pt layout (DataParallel prefix, 157 classes, no num_batches_tracked)
+    loads as i3d-flow; the stand-in built from an RGB state dict averages the first conv."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from featbank.extract.backbones import create_backbone
+    from featbank.extract.flow import FIRST_CONV, flow_weights_from_rgb
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from naive_i3d import NaiveI3D  # the pytorch-i3d module layout
+
+    torch.manual_seed(0)
+    ref = NaiveI3D(in_channels=2, num_classes=157).eval()
+    sd = {f"module.{k}": v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "flow_charades.pt")
+    model = create_backbone("i3d-flow", weights=tmp_path / "flow_charades.pt")
+    assert model.num_classes == 157 and model.spec.in_channels == 2
+    x = torch.rand(1, 2, 8, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), ref.extract_features(x), atol=1e-5)
+
+    rgb = NaiveI3D(in_channels=3, num_classes=400).state_dict()
+    flow_sd = flow_weights_from_rgb(rgb)
+    assert flow_sd[FIRST_CONV].shape[1] == 2
+    assert torch.allclose(flow_sd[FIRST_CONV][:, 0], rgb[FIRST_CONV].mean(1)) and torch.equal(
+        flow_sd[FIRST_CONV][:, 0], flow_sd[FIRST_CONV][:, 1])
+    torch.save(flow_sd, tmp_path / "stand_in.pt")
+    stand_in = create_backbone("i3d-flow", weights=tmp_path / "stand_in.pt")
+    assert stand_in.spec.in_channels == 2 and stand_in.num_classes == 400
+    with pytest.raises(FlowError, match="not an I3D"):
+        flow_weights_from_rgb({"fc.weight": torch.zeros(2, 2)})
