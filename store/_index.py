@@ -1,22 +1,31 @@
 """The in-memory row index (video -> segment, first row, row count, metadata) and commit records.
 
 A commit record is one line ``JSON \\t CRC32 \\n`` appended to a writer's log after the
-video's rows are written. A line whose checksum or JSON does not match (a record torn by
-a killed writer) ends the log: it and anything after it are ignored.
+video's rows are written. Each writer appends whole lines, so after a crash only the last
+piece of a log can be incomplete: a *torn tail* (bytes after the last newline that do not
+form a record) is expected and ignored. A complete line (one ending in a newline) whose
+checksum or JSON does not match is *damage*: readers refuse the log and ``validate`` names
+the line (``scan_log``). A record carries the checksums of its video's rows (``"c"``:
+crc32c of the stored feature bytes, crc32c of the per-row ``start, end, first, last``
+words), so damage to the rows is found too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import google_crc32c
 import numpy as np
 
 from .schema import VideoMeta
 
 _META_FIELDS = ("source", "labels", "split", "domain", "fps", "n_frames", "duration")
+_VID = re.compile(rb'"v":"((?:[^"\\]|\\.)*)"')
 
 
 def encode_record(rec: dict[str, Any]) -> bytes:
@@ -25,29 +34,103 @@ def encode_record(rec: dict[str, Any]) -> bytes:
     return body + b"\t" + f"{zlib.crc32(body):08x}".encode() + b"\n"
 
 
-def parse_log(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """Records of a commit log, and the number of bytes they span (the rest is torn)."""
-    bodies, pos = [], 0
-    for line in data.split(b"\n")[:-1]:  # the last piece has no newline: torn or empty
-        body, _, crc = line.rpartition(b"\t")
-        try:
-            if int(crc, 16) != zlib.crc32(body):
-                break
-        except ValueError:
-            break
-        bodies.append(body)
-        pos += len(line) + 1
+def _decode_line(line: bytes) -> dict[str, Any] | None:
+    """The record of one line (without its newline), or None when checksum or JSON do not match."""
+    body, tab, crc = line.rpartition(b"\t")
+    if not tab or len(crc) != 8:
+        return None
     try:
-        return json.loads(b"[" + b",".join(bodies) + b"]"), pos
-    except ValueError:  # a checksummed line that is not JSON: parse one by one up to it
-        records, pos = [], 0
-        for body in bodies:
-            try:
-                records.append(json.loads(body))
-            except ValueError:
-                break
-            pos = data.index(b"\n", pos) + 1
-        return records, pos
+        if int(crc, 16) != zlib.crc32(body):
+            return None
+        rec = json.loads(body)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+@dataclass
+class Damage:
+    """A damaged complete line of a log: where it is and, when still legible, whose record it was."""
+
+    line: int  # 1-based line number counted from the scan's start offset
+    offset: int  # byte offset of the line in the file
+    length: int
+    video_id: str | None  # parsed from the damaged bytes when legible (not trusted, only reported)
+
+
+@dataclass
+class LogScan:
+    """What ``scan_log`` found: the intact records, the damaged lines, and the torn tail."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    end: int = 0  # bytes up to and including the last record (where the next scan would start)
+    damage: list[Damage] = field(default_factory=list)
+    torn: int = 0  # bytes of an incomplete last line (a writer killed mid-append)
+    first_bad_record: int = -1  # index in ``records`` of the first record after the first damage
+
+
+def scan_log(data: bytes, start: int = 0) -> LogScan:
+    """Every intact record of a log (``data`` read from byte ``start`` of the file), and its damage.
+
+    The last piece without a newline is a torn tail and ignored, unless it is a whole record
+    that only lost its newline (then it is read: its checksum proves it).
+    """
+    out = LogScan(end=start)
+    pieces = data.split(b"\n")
+    pos = 0
+    for no, line in enumerate(pieces[:-1], 1):
+        rec = _decode_line(line)
+        if rec is None:
+            m = _VID.search(line)
+            vid = None
+            if m:
+                try:
+                    vid = json.loads(b'"' + m.group(1) + b'"')
+                except ValueError:
+                    vid = None
+            if out.first_bad_record < 0:
+                out.first_bad_record = len(out.records)
+            out.damage.append(Damage(no, start + pos, len(line) + 1, vid))
+        else:
+            out.records.append(rec)
+            out.end = start + pos + len(line) + 1
+        pos += len(line) + 1
+    tail = pieces[-1]
+    if tail:
+        rec = _decode_line(tail) or _decode_line(tail[:-1])
+        if rec is not None:
+            out.records.append(rec)
+            out.end = start + len(data)
+        else:
+            out.torn = len(tail)
+    return out
+
+
+def parse_log(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """Intact records of a log and the bytes up to the last of them (damaged lines skipped).
+
+    Lenient reading for logs whose loss is not data loss (the failure log); commit logs are
+    read with ``scan_log``, which reports damage.
+    """
+    scan = scan_log(data)
+    return scan.records, scan.end
+
+
+def rows_checksum(stored: np.ndarray, times: np.ndarray, frames: np.ndarray, crc: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Checksums of a video's rows: crc32c of the stored feature bytes, crc32c of the row times.
+
+    The second covers, row by row, the four little-endian 8-byte words ``start, end, first,
+    last``. ``crc`` continues the checksums of earlier rows, so a video may be fed in pieces.
+    """
+    fb = np.ascontiguousarray(stored)
+    if fb.dtype.byteorder == ">":
+        fb = fb.astype(fb.dtype.newbyteorder("<"))
+    words = np.empty((len(times), 4), "<u8")  # (n, 2) + (n, 2) -> (n, 4)
+    words[:, :2] = np.ascontiguousarray(times, dtype="<f8").view("<u8")
+    words[:, 2:] = np.ascontiguousarray(frames, dtype="<i8").view("<u8")
+    flat = fb.reshape(-1).view(np.uint8)  # a read-only view: crc32c takes read-only buffers, no copy
+    flat.flags.writeable = False
+    return google_crc32c.extend(crc[0], flat), google_crc32c.extend(crc[1], words.tobytes())
 
 
 def meta_record(meta: VideoMeta) -> dict[str, Any]:
@@ -56,6 +139,11 @@ def meta_record(meta: VideoMeta) -> dict[str, Any]:
         "source": meta.source, "labels": list(meta.labels), "split": meta.split, "domain": meta.domain,
         "fps": meta.fps, "n_frames": meta.n_frames, "duration": meta.duration,
     }
+
+
+def _crc_of(rec: dict[str, Any]) -> tuple[int, int] | None:
+    c = rec.get("c")
+    return (int(c[0]), int(c[1])) if c is not None else None
 
 
 class VideoIndex:
@@ -70,6 +158,7 @@ class VideoIndex:
         self.row: list[int] = []
         self.n: list[int] = []
         self.nonfinite: list[bool] = []
+        self.crc: list[tuple[int, int] | None] = []  # rows checksums (None: written before checksums)
         self._cols: dict[str, list[Any]] | None = {k: [] for k in _META_FIELDS}
         self._load_cols: Callable[[], dict[str, list[Any]]] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -104,11 +193,13 @@ class VideoIndex:
             self.row.append(int(rec["r"]))
             self.n.append(int(rec["n"]))
             self.nonfinite.append(bool(rec.get("nf", False)))
+            self.crc.append(_crc_of(rec))
             for k in _META_FIELDS:
                 cols[k].append(m[k])
         else:
             self.seg[i], self.row[i], self.n[i] = s, int(rec["r"]), int(rec["n"])
             self.nonfinite[i] = bool(rec.get("nf", False))
+            self.crc[i] = _crc_of(rec)
             for k in _META_FIELDS:
                 cols[k][i] = m[k]
 
@@ -116,7 +207,7 @@ class VideoIndex:
         """``apply`` each record in order (a fast path for the common case: new videos)."""
         self._arrays = None
         cols = self.cols
-        pos, ids, seg, row, n, nonfinite = self.pos, self.ids, self.seg, self.row, self.n, self.nonfinite
+        pos, ids, seg, row, n, nonfinite, crc = self.pos, self.ids, self.seg, self.row, self.n, self.nonfinite, self.crc
         appends = [cols[k].append for k in _META_FIELDS]
         seg_ids: dict[str, int] = {}
         for rec in records:
@@ -133,6 +224,7 @@ class VideoIndex:
             row.append(rec["r"])
             n.append(rec["n"])
             nonfinite.append(rec.get("nf", False))
+            crc.append(_crc_of(rec))
             m = rec["m"]
             for k, app in zip(_META_FIELDS, appends):
                 app(m[k])
@@ -144,6 +236,7 @@ class VideoIndex:
             "ids": np.array(self.ids, dtype=str) if self.ids else np.zeros(0, "<U1"),
             "seg": np.asarray(self.seg, dtype=np.int32), "row": np.asarray(self.row, dtype=np.int64),
             "n": np.asarray(self.n, dtype=np.int64), "nonfinite": np.asarray(self.nonfinite, dtype=bool),
+            "crc": np.array([c if c is not None else (-1, -1) for c in self.crc], dtype=np.int64).reshape(-1, 2),
         }
 
     @classmethod
@@ -155,9 +248,29 @@ class VideoIndex:
         idx.ids = arrays["ids"].tolist()
         idx.seg, idx.row, idx.n = arrays["seg"].tolist(), arrays["row"].tolist(), arrays["n"].tolist()
         idx.nonfinite = arrays["nonfinite"].tolist()
+        if "crc" in arrays:  # stores compacted before checksums have none
+            idx.crc = [None if c[0] < 0 else (c[0], c[1]) for c in arrays["crc"].tolist()]
+        else:
+            idx.crc = [None] * len(idx.ids)
         idx.pos = dict(zip(idx.ids, range(len(idx.ids))))
         idx._cols, idx._load_cols = None, load_cols
         return idx
+
+    def subset(self, keep: list[int]) -> "VideoIndex":
+        """A copy holding only the videos at positions ``keep`` (in their order)."""
+        out = VideoIndex()
+        out.segments = list(self.segments)
+        out._seg_pos = dict(self._seg_pos)
+        out.ids = [self.ids[i] for i in keep]
+        out.pos = {v: j for j, v in enumerate(out.ids)}
+        out.seg = [self.seg[i] for i in keep]
+        out.row = [self.row[i] for i in keep]
+        out.n = [self.n[i] for i in keep]
+        out.nonfinite = [self.nonfinite[i] for i in keep]
+        out.crc = [self.crc[i] for i in keep]
+        cols = self.cols
+        out._cols = {k: [cols[k][i] for i in keep] for k in _META_FIELDS}
+        return out
 
     # ---- lookups ----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -116,6 +116,25 @@ def meta_equal(a: VideoMeta, b: VideoMeta) -> bool:
     return json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
 
 
+def differences(old_rows: VideoRows, old_meta: VideoMeta, new_rows: VideoRows, new_meta: VideoMeta) -> str:
+    """What differs between a committed video and a new version, e.g. ``"source ('/a/x.npy' -> '/b/x.npy')"``."""
+    out = []
+    if old_rows.feats.shape != new_rows.feats.shape:
+        out.append(f"rows ({len(old_rows)} -> {len(new_rows)})")
+    elif not np.array_equal(np.asarray(old_rows.feats), np.asarray(new_rows.feats), equal_nan=True):
+        out.append("feature values")
+    elif not (np.array_equal(old_rows.starts, new_rows.starts, equal_nan=True)
+              and np.array_equal(old_rows.ends, new_rows.ends, equal_nan=True)):
+        out.append("row times")
+    elif not np.array_equal(old_rows.frame_idx, new_rows.frame_idx):
+        out.append("row frame indices")
+    a, b = old_meta.to_dict(), new_meta.to_dict()
+    for k in a:
+        if json.dumps(a[k]) != json.dumps(b[k]):
+            out.append(f"{k} ({a[k]!r} -> {b[k]!r})")
+    return ", ".join(out) or "content"
+
+
 def slice_rows(rows: VideoRows, sl: slice | None, time: tuple[float, float] | None) -> VideoRows:
     """Apply an optional row slice, then an optional time window."""
     if sl is not None:

@@ -134,8 +134,10 @@ class ShardMap:
             index_bytes = n_chunks * 16 + _INDEX_CRC_BYTES
             if size < index_bytes:
                 raise CorruptDataError(f"shard {path}: {size} bytes, shorter than its {index_bytes}-byte index")
-            raw = os.pread(self.fd, n_chunks * 16, size - index_bytes)
-            index = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+            raw = os.pread(self.fd, index_bytes, size - index_bytes)
+            if google_crc32c.value(raw[:-_INDEX_CRC_BYTES]) != int.from_bytes(raw[-_INDEX_CRC_BYTES:], "little"):
+                raise CorruptDataError(f"shard {path}: its index does not match its checksum")
+            index = np.frombuffer(raw[:-_INDEX_CRC_BYTES], dtype="<u8").reshape(-1, 2)
             present = index[:, 0] != _EMPTY
             self.offsets = np.where(present, index[:, 0], 0).astype(np.int64)
             self.nbytes = nbytes = np.where(present, index[:, 1], 0).astype(np.int64)
@@ -232,14 +234,39 @@ class Segment:
                               compressors=None, fill_value=0, dimension_names=("row", "bound"))
         return cls(zstore, key, row_shape, dtype, layout, local_root, rows_per_shard)
 
+    @property
+    def time_chunk_rows(self) -> int:
+        """Rows per chunk file of the ``times`` and ``frame_idx`` arrays."""
+        return min(self.rows_per_shard, TIME_CHUNK_ROWS)
+
     def array(self, name: str, rows: int = 0) -> Any:
-        """The zarr array ``name``, reopened when another writer has grown it past our copy's shape."""
+        """The zarr array ``name``, reopened when another writer has grown it past our copy's shape.
+
+        Chunks are written even when they hold only the fill value, so that a chunk file
+        missing under committed rows always means damage.
+        """
         a = self._arrays.get(name)
         if a is None or a.shape[0] < rows:
-            a = self._arrays[name] = zarr.open_array(
-                store=self.zstore, path=f"{self.key}/{name}", mode="r" if self.zstore.read_only else "r+"
-            )
+            try:
+                a = zarr.open_array(
+                    store=self.zstore, path=f"{self.key}/{name}", mode="r" if self.zstore.read_only else "r+"
+                ).with_config({"write_empty_chunks": True})
+            except FileNotFoundError:
+                raise CorruptDataError(f"segment {self.key}: array {name} is missing") from None
+            except (ValueError, TypeError, KeyError) as e:  # damaged zarr.json
+                raise CorruptDataError(f"segment {self.key}: the metadata of array {name} is damaged ({e})") from None
+            self._arrays[name] = a
         return a
+
+    def _check_time_chunks(self, a: int, b: int) -> None:
+        """Refuse to read rows whose times / frame_idx chunk file is missing (it would read as zeros)."""
+        if self.dir is None or b <= a:
+            return
+        tc = self.time_chunk_rows
+        for j in range(a // tc, (b - 1) // tc + 1):
+            for name in ("times", "frame_idx"):
+                if not os.path.exists(self._chunk_path(name, j, 1)):
+                    raise CorruptDataError(f"segment {self.key}: chunk {name}/c/{j} is missing")
 
     # ---- writes -----------------------------------------------------------------------
     def write(self, row0: int, stored: np.ndarray, times: np.ndarray, frames: np.ndarray) -> None:
@@ -422,6 +449,7 @@ class Segment:
         have = len(self._times)
         if b > have:
             end = max(b, self.known_rows)
+            self._check_time_chunks(have, end)
             t = np.asarray(self.array("times", end)[have:end])
             f = np.asarray(self.array("frame_idx", end)[have:end])
             self._times = np.concatenate([self._times, t]) if have else t
@@ -429,6 +457,7 @@ class Segment:
         return self._times[a:b], self._frames[a:b]
 
     def times_zarr(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_time_chunks(a, b)
         return np.asarray(self.array("times", b)[a:b]), np.asarray(self.array("frame_idx", b)[a:b])
 
     def close(self) -> None:

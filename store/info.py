@@ -13,7 +13,9 @@ Example:
 from __future__ import annotations
 
 import collections
+import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -26,9 +28,26 @@ _ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def disk_usage(path: str) -> tuple[int, int] | None:
-    """``(bytes, files)`` under a store path (local folder or fsspec URL); None when not a folder."""
+    """``(bytes, files)`` under a store path (local folder or fsspec URL); None when not a folder.
+
+    Local folders count allocated blocks: shard files are laid out sparse and filled in
+    place, so their apparent size overstates what they take on disk. URLs report sizes.
+    """
     import fsspec
 
+    local = path[len("file://"):] if path.startswith("file://") else path
+    if "://" not in local:
+        if not os.path.isdir(local):
+            return None
+        total = count = 0
+        for dirpath, _, fnames in os.walk(local):
+            for f in fnames:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                except OSError:
+                    continue
+                count += 1
+        return total, count
     try:
         fs, root = fsspec.core.url_to_fs(path)
         if not fs.isdir(root):
@@ -114,6 +133,11 @@ def store_report(store: FeatureStore, *, with_failures: bool = True) -> dict[str
     return report
 
 
+def human_bytes(n: int | None) -> str:
+    """``1536`` -> ``"1.5 KiB"``; None -> ``"n/a"``."""
+    return _human_bytes(n)
+
+
 def _human_bytes(n: int | None) -> str:
     if n is None:
         return "n/a"
@@ -159,9 +183,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"      created {p['created']} by featbank {p['featbank_version']}",
         ]
         if p.get("spec"):
-            lines.append("      spec: " + ", ".join(f"{k}={v}" for k, v in p["spec"].items()))
+            lines += format_mapping({"spec": p["spec"]}, 6)
         if p.get("sampling"):
-            lines.append("      sampling: " + ", ".join(f"{k}={v}" for k, v in p["sampling"].items()))
+            lines += format_mapping({"sampling": p["sampling"]}, 6)
         if s["splits"] and set(s["splits"]) != {""}:
             lines.append("      splits: " + ", ".join(f"{k or '-'}={v}" for k, v in sorted(s["splits"].items())))
         if s["domains"] and set(s["domains"]) != {""}:
@@ -172,6 +196,25 @@ def format_report(report: dict[str, Any]) -> str:
     for f in report.get("failures", []):
         lines.append(f"    {f['set']} / {f['video_id']}: {f['kind']}: {f['message']} ({_when(f['time'])})")
     return "\n".join(lines)
+
+
+def format_mapping(d: dict[str, Any], indent: int = 0, width: int = 100) -> list[str]:
+    """A nested mapping as indented ``key: value`` lines (YAML-like), one per key.
+
+    A nested mapping gets its own indented block; a value whose text would run past
+    ``width`` columns is cut with ``...`` (``--json`` prints everything).
+    """
+    lines = []
+    pad = " " * indent
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            lines.append(f"{pad}{k}:")
+            lines += format_mapping(v, indent + 2, width)
+            continue
+        text = json.dumps(v, default=str) if isinstance(v, (list, tuple, dict)) else str(v)
+        line = f"{pad}{k}: {text}"
+        lines.append(line if len(line) <= width else line[: width - 3] + "...")
+    return lines
 
 
 def explain_row(fs: FeatureSet, video_id: str, row: int) -> dict[str, Any]:
@@ -255,5 +298,5 @@ def format_explain(e: dict[str, Any]) -> str:
         keys = ("clip_len", "frame_stride", "target_fps", "resize", "crop")
         lines.append("  spec      : " + ", ".join(f"{k}={e['spec'][k]}" for k in keys if k in e["spec"]))
     if e["sampling"]:
-        lines.append("  sampling  : " + ", ".join(f"{k}={val}" for k, val in e["sampling"].items()))
+        lines += format_mapping({"sampling": e["sampling"]}, 2)
     return "\n".join(lines)

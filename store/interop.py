@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._rows import from_bf16_bits, to_bf16_bits
+from ._rows import differences, from_bf16_bits, meta_equal, to_bf16_bits
 from .base import FeatureSet, FeatureStore
 from .errors import ImportFormatError, StoreError, VideoConflictError
 from .schema import FeatureSetInfo, VideoMeta, VideoRows
@@ -137,13 +137,75 @@ def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _is_featbank_npy_export(path: Path) -> bool:
+    """True when ``path`` is a folder written by ``export_npy``: its sidecar lists every file in it."""
+    side = path / SIDECAR
+    try:
+        sidecar = json.loads(side.read_text())
+        listed = {str(e["file"]) for e in sidecar["videos"]}
+        ok = isinstance(sidecar, dict) and sidecar.get("format") == NPY_FORMAT
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    present = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()}
+    return ok and present <= listed | {SIDECAR}
+
+
+def _is_featbank_hdf5_export(path: Path) -> bool:
+    """True when ``path`` is a file written by ``export_hdf5`` (its format attribute says so)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _h5_attr_str(f.attrs.get("featbank_format", "")) == HDF5_FORMAT
+    except OSError:
+        return False
+
+
+def _inside_a_store(path: Path) -> Path | None:
+    """The featbank store at or above ``path`` (exporting there would write into or over it)."""
+    for p in [path, *path.parents]:
+        try:
+            meta = json.loads((p / "zarr.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and "featbank" in meta.get("attributes", {}):
+            return p
+    return None
+
+
 def _clear_target(path: Path, overwrite: bool, what: str) -> None:
-    if not path.exists():
+    """Refuse an export target that holds anything but a previous export of the same kind.
+
+    ``overwrite`` only ever replaces what an export of featbank wrote (an npy folder whose
+    sidecar lists every file in it, an HDF5 file with the featbank format attribute): never
+    a store, never a folder or file of anything else.
+    """
+    path = path.absolute()
+    store = _inside_a_store(path)
+    if store is not None:
+        raise StoreError(f"{what} {path} would be written {'over' if store == path else 'inside'} the featbank store "
+                         f"{store}; choose a path outside it")
+    if not path.exists() and not path.is_symlink():
         return
-    if path.is_dir() and not any(path.iterdir()):
-        return
+    if what == "HDF5 file":
+        if path.is_dir():
+            raise StoreError(f"{what} {path} is a folder; an HDF5 export never replaces a folder: choose a file path")
+        recognised = _is_featbank_hdf5_export(path)
+    else:
+        if not path.is_dir() or path.is_symlink():
+            raise StoreError(f"{what} {path} exists and is not a folder; choose a new path")
+        if not any(path.iterdir()):
+            return
+        recognised = _is_featbank_npy_export(path)
+    if not recognised:
+        raise StoreError(
+            f"{what} {path} exists and was not written by a featbank export "
+            f"({'no featbank format attribute' if what == 'HDF5 file' else 'no sidecar listing every file in it'}); "
+            "refusing to replace it, even with overwrite: choose a new path"
+        )
     if not overwrite:
-        raise StoreError(f"{what} {path} already exists; choose a new path or pass overwrite=True (--overwrite)")
+        raise StoreError(f"{what} {path} already exists (an earlier featbank export); choose a new path or pass "
+                         "overwrite=True (--overwrite) to replace it")
 
 
 def _remove(path: Path) -> None:
@@ -280,10 +342,12 @@ def _validate_sources(
         if fs is not None and not overwrite and s.video_id in fs:
             old = fs.read(s.video_id)
             new = VideoRows(stored, rows.starts, rows.ends, rows.frame_idx)
-            if not old.equals(new):
+            old_meta = fs.meta(s.video_id)
+            if not old.equals(new) or not meta_equal(old_meta, s.meta):
                 raise VideoConflictError(
                     f"video {s.video_id!r} from {s.where} differs from the one committed in feature set "
-                    f"{info.name!r}; pass overwrite=True (--overwrite) to replace it"
+                    f"{info.name!r} in its {differences(old, old_meta, new, s.meta)}; pass overwrite=True "
+                    "(--overwrite) to replace it, or import into another set"
                 )
 
 
@@ -301,6 +365,7 @@ def _import_sources(
     overwrite: bool,
     row_seconds: float,
     allow_stale: bool,
+    progress: bool = False,
 ) -> ImportReport:
     exists = name in store.feature_sets()
     if require_existing and not exists:
@@ -338,8 +403,15 @@ def _import_sources(
     if fs is None:
         fs = store.create_set(info, exist_ok=False)
     written = unchanged = n_rows = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sources), desc=f"import {name}", unit="video", leave=False)
     try:
         for s in sources:
+            if bar is not None:
+                bar.update(1)
             _, rows = s.rows(row_seconds)
             if fs.write_video(rows, s.meta, overwrite=overwrite, allow_nonfinite=allow_nonfinite):
                 written += 1
@@ -350,6 +422,9 @@ def _import_sources(
         if created:
             store.delete_set(name)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     return ImportReport(
         set_name=name,
         written=written,
@@ -522,6 +597,7 @@ def import_npy(
     split: str = "",
     domain: str = "",
     fps: float = math.nan,
+    progress: bool = False,
 ) -> ImportReport:
     """Import a folder of ``VIDEO_ID.npy`` files into feature set ``name``.
 
@@ -548,6 +624,7 @@ def import_npy(
         split: split of every video of a plain folder.
         domain: domain of every video of a plain folder.
         fps: source fps of every video of a plain folder.
+        progress: show a progress bar (tqdm, on stderr) while writing.
 
     Returns:
         An ``ImportReport``.
@@ -591,6 +668,7 @@ def import_npy(
         overwrite=overwrite,
         row_seconds=row_seconds,
         allow_stale=allow_stale,
+        progress=progress,
     )
 
 
@@ -747,6 +825,7 @@ def import_hdf5(
     domain: str = "",
     fps: float = math.nan,
     key: str | None = None,
+    progress: bool = False,
 ) -> ImportReport:
     """Import an HDF5 file (one dataset per video) into feature set ``name``.
 
@@ -800,4 +879,5 @@ def import_hdf5(
             overwrite=overwrite,
             row_seconds=row_seconds,
             allow_stale=allow_stale,
+            progress=progress,
         )

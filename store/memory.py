@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from ._rows import check_video, decode, meta_equal, prepare_rows, read_dtype, slice_rows
+from ._rows import check_video, decode, differences, meta_equal, prepare_rows, read_dtype, slice_rows
 from .base import FAILURE_KEYS, FeatureSet, FeatureStore
 from .errors import (
     FeatureSetConflictError,
@@ -87,8 +87,8 @@ class MemoryFeatureSet(FeatureSet):
                 if old[0].equals(as_read) and meta_equal(old[2], meta):
                     return False
                 raise VideoConflictError(
-                    f"video {vid!r} is already committed in feature set {self.info.name!r} with different "
-                    "content; pass overwrite=True to replace it"
+                    f"video {vid!r} is already committed in feature set {self.info.name!r} with a different "
+                    f"{differences(old[0], old[2], as_read, meta)}; pass overwrite=True to replace it"
                 )
             if old is not None and old[0].equals(as_read) and meta_equal(old[2], meta):
                 return False

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from featbank.store import (
     FeatureSetInfo,
     ImportFormatError,
+    StoreError,
     VideoConflictError,
     VideoMeta,
     VideoRows,
@@ -122,12 +123,15 @@ def test_export_refuses_existing_target_and_leaves_no_temp(tmp_path):
     _fill(fs, 2)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
-    with pytest.raises(Exception, match="already exists"):
-        export_npy(fs, tmp_path / "out")
+    for overwrite in (False, True):  # a folder of other files is never replaced, not even with overwrite
+        with pytest.raises(StoreError, match="not written by a featbank export"):
+            export_npy(fs, tmp_path / "out", overwrite=overwrite)
     assert (tmp_path / "out" / "keep.txt").read_text() == "x"
-    export_npy(fs, tmp_path / "out", overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert not (tmp_path / "out" / "keep.txt").exists()
+    export_npy(fs, tmp_path / "new")
+    with pytest.raises(StoreError, match="already exists"):
+        export_npy(fs, tmp_path / "new")
+    export_npy(fs, tmp_path / "new", overwrite=True)  # an earlier export is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]  # no temporary folder left
 
 
 def test_plain_npy_folder_imports_with_row_index_timestamps(tmp_path):

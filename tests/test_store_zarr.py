@@ -12,6 +12,7 @@ import zarr
 
 from featbank.store import (
     SCHEMA_VERSION,
+    CorruptDataError,
     NotAStoreError,
     SchemaVersionError,
     StoreError,
@@ -217,14 +218,28 @@ def test_torn_commit_record_is_ignored(tmp_path):
     log.write_bytes(good + b'{"v":"ghost","s":"w-x","r":0,"n":3,"m":{}')  # killed mid-line
     with open_store(path, mode="r") as st:
         assert st.open_set("s").video_ids() == list(rows) and st.validate() == []
-    bad_crc = good.splitlines()[0].rsplit(b"\t", 1)[0] + b"\t00000000\n"
-    log.write_bytes(good + bad_crc)
     with open_store(path, mode="a") as st:
-        fs = st.open_set("s")
-        assert len(fs) == 5 and st.validate() == []
-        fs.write_video(make_rows(2, (16,)), VideoMeta("after"))  # a new writer segment, unaffected
+        st.open_set("s").write_video(make_rows(2, (16,)), VideoMeta("after"))  # a new writer segment, unaffected
     with open_store(path, mode="r") as st:
         assert st.open_set("s").n_rows("after") == 2 and st.validate() == []
+
+
+def test_complete_commit_line_with_bad_checksum_is_damage(tmp_path):
+    """Only an incomplete last line is a torn write; a whole line that fails its checksum is damage."""
+    path = tmp_path / "s.zarr"
+    with open_store(path, mode="w") as st:
+        fs, rows = _fill(st, n_videos=5)
+    log = next((path / "s" / "_commits").iterdir())
+    good = log.read_bytes()
+    bad_crc = good.splitlines()[0].rsplit(b"\t", 1)[0] + b"\t00000000\n"
+    log.write_bytes(good + bad_crc)
+    with open_store(path, mode="r") as st:
+        with pytest.raises(CorruptDataError, match="line 6.*'v000'.*--salvage"):
+            st.open_set("s").video_ids()
+        assert any("line 6" in p for p in st.validate())
+    with open_store(path, mode="r", salvage=True) as st:
+        assert st.open_set("s").video_ids() == list(rows)[1:]  # v000's latest state is unknown: left out
+        assert any("'v000'" in line for line in st.salvage_report())
 
 
 def _video_location(path: Path, vid: str):
@@ -247,7 +262,8 @@ def test_validate_names_video_with_nan_injected(tmp_path):
         f.write(np.array([np.nan], np.float16).tobytes())
     with open_store(path, mode="r") as st:
         problems = st.validate()
-    assert len(problems) == 1 and "'v005'" in problems[0] and "NaN" in problems[0]
+    assert len(problems) == 2 and all("'v005'" in p for p in problems)
+    assert "checksum" in problems[0] and "NaN" in problems[1]
 
 
 def test_validate_names_videos_of_truncated_shard(tmp_path):
@@ -278,7 +294,8 @@ def test_validate_reports_bad_times(tmp_path):
     arr[row] = [5.0, 1.0]  # ends before it starts
     with open_store(path, mode="r") as st:
         problems = st.validate()
-    assert len(problems) == 1 and "'v002'" in problems[0] and "ends before" in problems[0]
+    assert len(problems) == 2 and all("'v002'" in p for p in problems)
+    assert "checksum" in problems[0] and "ends before" in problems[1]
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd"])

@@ -9,23 +9,49 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import contextlib
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 _FMT = argparse.RawDescriptionHelpFormatter
 
 
-def _open(path: str, mode: str):
-    from featbank.store import open_store
+def _open(path: str, mode: str, salvage: bool = False):
+    """Open a store; a missing one is named with the commands that create one."""
+    from featbank.store import NotAStoreError, open_store
 
-    return open_store(path, mode=mode)
+    try:
+        return open_store(path, mode=mode, salvage=salvage)
+    except NotAStoreError as e:
+        if "no featbank store at" in str(e):
+            raise NotAStoreError(
+                f"{path}: no such store (create one with `featbank extract ... --store {path}` or "
+                f"`featbank store import npy|hdf5 SRC {path} --set NAME`)"
+            ) from None
+        raise
+
+
+def _report_salvage(store: Any, names: list[str] | None = None) -> None:
+    """Open every set (salvaging) and print on stderr what the reading left out."""
+    import sys
+
+    for name in names if names is not None else store.feature_sets():
+        store.open_set(name, allow_stale=True).video_ids()
+    lost = store.salvage_report()
+    print(f"salvage: read what is provably intact; {len(lost)} thing(s) left out" + (":" if lost else ""),
+          file=sys.stderr)
+    for line in lost:
+        print(f"  - {line}", file=sys.stderr)
 
 
 # ---- info ---------------------------------------------------------------------------
 def cmd_info(args: argparse.Namespace) -> int:
     from featbank.store.info import format_report, store_report
 
-    with _open(args.path, "r") as store:
+    with _open(args.path, "r", salvage=args.salvage) as store:
+        if args.salvage:
+            _report_salvage(store)
         report = store_report(store)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -37,15 +63,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---- validate -----------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
     with _open(args.path, "r") as store:
-        problems = store.validate()
+        problems, notes = store.check(quick=args.quick)
         sets = store.feature_sets()
-        n_videos = sum(len(store.open_set(s, allow_stale=True)) for s in sets)
+        n_videos = 0
+        if not problems:
+            n_videos = sum(len(store.open_set(s, allow_stale=True)) for s in sets)
+    what = "metadata" if args.quick else "metadata and values"
+    for note in notes:
+        print(f"note: {note}")
     if problems:
         print(f"{args.path}: {len(problems)} problem(s):")
         for p in problems:
             print(f"  - {p}")
+        ok = True
+        try:
+            with _open(args.path, "r", salvage=True) as store:
+                _report_salvage(store)
+        except Exception as e:  # damage salvage cannot read past (e.g. a set's attributes)
+            ok = False
+            print(f"salvage: cannot read past it ({e})", file=sys.stderr)
+        if ok:
+            print(f"read what is intact with: featbank store export npy {args.path} --set NAME OUT --salvage")
         return 1
-    print(f"{args.path}: sound ({len(sets)} feature set(s), {n_videos} video(s) checked)")
+    print(f"{args.path}: sound ({len(sets)} feature set(s), {n_videos} video(s), {what} checked)")
     return 0
 
 
@@ -78,8 +118,14 @@ def _read_labels(path: str | None) -> dict[str, Any] | None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from featbank.store.errors import ImportFormatError
     from featbank.store.interop import import_hdf5, import_npy
 
+    src = Path(args.src)
+    if args.format == "npy" and not src.is_dir():
+        raise ImportFormatError(f"npy source {src} is not a folder" + ("" if src.exists() else " (it does not exist)"))
+    if args.format == "hdf5" and not src.is_file():
+        raise ImportFormatError(f"HDF5 source {src} is not a file" + ("" if src.exists() else " (it does not exist)"))
     dim = args.dim_check
     kwargs = dict(
         expect_dim=dim if isinstance(dim, int) and not isinstance(dim, bool) else None,
@@ -94,6 +140,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         split=args.split,
         domain=args.domain,
         fps=args.fps,
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     if args.format == "hdf5":
         importer, kwargs["key"] = import_hdf5, args.key
@@ -103,8 +150,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
             raise ImportFormatError("--key applies to hdf5 sources only (an npy folder has one array per file)")
         importer = import_npy
-    with _open(args.path, "a") as store:
-        rep = importer(store, args.src, args.set, **kwargs)
+    with _new_store_removed_on_failure(args.path):
+        with _open(args.path, "a") as store:
+            rep = importer(store, args.src, args.set, **kwargs)
     how = "with featbank provenance (exact)" if rep.exact else "as plain arrays (timestamps from row index)"
     print(
         f"imported {args.src} into {args.path} set {rep.set_name!r} {how}: {rep.written} video(s) written, "
@@ -113,11 +161,32 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _new_store_removed_on_failure(path: str) -> Iterator[None]:
+    """A command that fails leaves nothing new: a store it created is removed again."""
+    import shutil
+
+    local = "://" not in path or path.startswith("file://")
+    folder = Path(path[len("file://"):] if path.startswith("file://") else path)
+    fresh = local and (not folder.exists() or (folder.is_dir() and not any(folder.iterdir())))
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and folder.is_dir():
+            shutil.rmtree(folder)
+            if existed:
+                folder.mkdir()
+        raise
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from featbank.store.interop import export_hdf5, export_npy
 
     exporter = export_npy if args.format == "npy" else export_hdf5
-    with _open(args.path, "r") as store:
+    with _open(args.path, "r", salvage=args.salvage) as store:
+        if args.salvage:
+            _report_salvage(store, [args.set])
         fs = store.open_set(args.set, allow_stale=args.allow_stale)
         rep = exporter(fs, args.out, overwrite=args.overwrite)
     print(f"exported set {args.set!r} of {args.path} to {rep.path}: {rep.n_videos} video(s), {rep.n_rows} rows")
@@ -134,10 +203,17 @@ def cmd_compact(args: argparse.Namespace) -> int:
         store.compact()
     after = disk_usage(args.path)
     if before and after:
-        print(f"compacted {args.path}: {before[1]} -> {after[1]} files, {before[0]} -> {after[0]} bytes")
+        print(f"compacted {args.path}: {before[1]} -> {after[1]} files, {_human(before[0])} -> {_human(after[0])} "
+              "on disk (allocated blocks)")
     else:
         print(f"compacted {args.path}")
     return 0
+
+
+def _human(n: int) -> str:
+    from featbank.store.info import human_bytes
+
+    return human_bytes(n)
 
 
 # ---- explain ------------------------------------------------------------------------
@@ -180,17 +256,25 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     p.add_argument("path", metavar="PATH", help="store folder or fsspec URL")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--salvage", action="store_true", help="damaged store: report what is provably intact and say "
+                   "on stderr what was left out")
     p.set_defaults(func=cmd_info)
 
     p = g.add_parser(
         "validate",
         help="check every committed video; exit 0 when sound, 1 with a report of each problem",
-        description="Check every committed video of every feature set (rows, offsets, timestamps, metadata, "
-        "finite values). Exit code 0 when the store is sound, 1 with one line per problem otherwise.",
-        epilog="example:\n  featbank store validate feats.zarr && echo sound",
+        description="Check every feature set: commit logs (a damaged line that is not the torn last line of a "
+        "killed writer), the compacted index and its pointer, set attributes and every chunk file under a "
+        "committed row; then every video's rows against the checksum recorded at commit, shapes, finite values "
+        "and times. Exit code 0 when the store is sound, 1 with one line per problem (and what a --salvage "
+        "reading would leave out) otherwise. Stores written before checksums get a note instead.",
+        epilog="examples:\n  featbank store validate feats.zarr && echo sound\n"
+        "  featbank store validate feats.zarr --quick      # metadata, logs and chunk files only (seconds)",
         formatter_class=_FMT,
     )
     p.add_argument("path", metavar="PATH", help="store folder or fsspec URL")
+    p.add_argument("--quick", action="store_true", help="check the metadata only (logs, index, attributes, chunk "
+                   "files present); no values are read")
     p.set_defaults(func=cmd_validate)
 
     p = g.add_parser(
@@ -229,6 +313,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--fps", type=float, default=math.nan, help="plain inputs: source fps of every video")
     p.add_argument("--key", metavar="DATASET", help="plain hdf5: read /VIDEO_ID/DATASET only, the group being the video "
                    "(e.g. c3d_features for the ActivityNet release)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown only when stderr is a terminal)")
     p.set_defaults(func=cmd_import)
 
     p = g.add_parser(
@@ -238,15 +323,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "with provenance, metadata and timestamps) or an HDF5 file (one dataset per video, metadata as "
         "attributes, timestamps under /_featbank). Importing the result gives back equal values and attributes.",
         epilog="examples:\n  featbank store export npy feats.zarr --set i3d/rgb feats_npy/\n"
-        "  featbank store export hdf5 feats.zarr --set i3d/rgb feats.h5",
+        "  featbank store export hdf5 feats.zarr --set i3d/rgb feats.h5\n"
+        "  featbank store export npy damaged.zarr --set i3d/rgb rescued_npy/ --salvage",
         formatter_class=_FMT,
     )
     p.add_argument("format", choices=("npy", "hdf5"), help="target format")
     p.add_argument("path", metavar="PATH", help="source store")
     p.add_argument("--set", required=True, metavar="NAME", help="feature set to export")
     p.add_argument("out", metavar="OUT", help="npy folder or .h5 file to create")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT when it holds an earlier featbank export "
+                   "(never a store, never other files)")
     p.add_argument("--allow-stale", action="store_true", help="export a stale set")
+    p.add_argument("--salvage", action="store_true", help="damaged store: export the videos that are provably intact "
+                   "and say on stderr what was left out")
     p.set_defaults(func=cmd_export)
 
     p = g.add_parser(
