@@ -59,15 +59,12 @@ def whole_video_input(frames: np.ndarray, spec) -> torch.Tensor:
     Returns:
         ``(1, C, T, crop, crop)`` float32.
     """
-    from featbank.extract.transforms import center_crop, normalize, resize_short_side, to_float_clip
+    from featbank.extract.transforms import preprocess
 
-    size = spec.crop
-    chunks = []
-    for i in range(0, len(frames), _RESIZE_CHUNK):  # per-frame ops, so chunking along T is exact
-        x = resize_short_side(to_float_clip(frames[i : i + _RESIZE_CHUNK]), spec.resize)  # (C, t, H', W')
-        x = center_crop(x, size)  # (C, t, crop, crop)
-        chunks.append(normalize(x, spec.mean, spec.std))
-    return torch.cat(chunks, dim=1)[None].contiguous()  # (C, T, crop, crop) -> (1, C, T, crop, crop)
+    # preprocess (the job's own) works frame by frame, so chunking along T is exact and bounds
+    # the full-resolution float copy
+    chunks = [preprocess(frames[i : i + _RESIZE_CHUNK], spec)[0] for i in range(0, len(frames), _RESIZE_CHUNK)]
+    return torch.cat(chunks, dim=1)[None].contiguous()  # V=1: (C, T, crop, crop) -> (1, C, T, crop, crop)
 
 
 def top_k(logits: torch.Tensor, k: int = 5, labels: Sequence[str] = KINETICS400_LABELS) -> tuple[ClassScore, ...]:

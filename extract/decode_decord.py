@@ -8,6 +8,11 @@ they are used only when finite and non-decreasing, otherwise ``index / fps``.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+
 import numpy as np
 
 from featbank.extract.decode_base import VideoSource, index_times, make_info
@@ -16,10 +21,37 @@ from featbank.extract.decode_pyav import _TRUNCATION_SLACK, declared_frames
 from featbank.extract.errors import DecodeError
 
 
+_QUIET_LOCK = threading.Lock()
+
+
 def _decord():
     import decord  # imported lazily: a broken decord install must not break the PyAV path
 
+    decord.logging.set_level(decord.logging.QUIET)  # its bundled ffmpeg's "moov atom not found" lines
     return decord
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Drop what decord's C++ side writes to file descriptor 2 (``video_reader.cc: ERROR opening``)
+    during one call: the same failure reaches the caller as a ``DecodeError`` naming the file, so
+    the raw line would only be printed twice, once unreadably. The descriptor is restored after."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured): nothing to silence
+        yield
+        return
+    with _QUIET_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            os.close(devnull)
 
 
 class DecordSource(VideoSource):
@@ -34,7 +66,8 @@ class DecordSource(VideoSource):
         self.path = path
         decord = _decord()
         try:
-            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
+            with _native_stderr_silenced():
+                self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
             n = len(self._vr)
             fps = float(self._vr.get_avg_fps())
             stamps = self._vr.get_frame_timestamp(np.arange(n).tolist())[:, 0].astype(np.float64) if n else None
@@ -56,7 +89,8 @@ class DecordSource(VideoSource):
     def _read_sorted(self, uniq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         decord = _decord()
         try:
-            frames = self._vr.get_batch(uniq.tolist()).asnumpy()  # (K, H, W, 3) uint8
+            with _native_stderr_silenced():
+                frames = self._vr.get_batch(uniq.tolist()).asnumpy()  # (K, H, W, 3) uint8
         except (decord.DECORDError, RuntimeError) as e:
             raise diagnose(self.path, f"decord failed reading frames {int(uniq[0])}..{int(uniq[-1])}: {e}") from None
         if frames.shape[1:3] != (self.info.height, self.info.width):

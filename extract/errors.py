@@ -59,3 +59,12 @@ class WeightsError(ExtractError):
 
 class BackboneError(ExtractError):
     """Unknown backbone name or endpoint; the message lists the valid ones."""
+
+
+class EngineError(ExtractError):
+    """A runtime or precision that cannot run on this machine (the message says why and what to use)."""
+
+
+class SettingsConflictError(ExtractError):
+    """A job would add rows made with other settings (sampling, backbone, weights, transforms,
+    precision) to an existing feature set; the message names each differing field."""

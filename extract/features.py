@@ -27,7 +27,7 @@ from featbank.store.schema import BackboneSpec, VideoRows
 
 # The allowed values are Literal types so that configs are checked against one list (the
 # job's ExtractConfig validates its fields from these annotations).
-SamplerName = Literal["sliding", "tsn", "dense", "whole"]
+SamplerName = Literal["sliding", "tsn", "dense", "whole", "static"]
 ViewName = Literal["center", "3crop", "flip", "3crop+flip"]
 LastPolicy = Literal["pad", "drop", "shift"]
 PoolName = Literal["avg", "none"]
@@ -44,7 +44,8 @@ class Sampling:
 
     Attributes:
         sampler: ``"sliding"`` windows, ``"tsn"`` segments, ``"dense"`` one window per frame,
-            or ``"whole"`` (the whole video as one clip).
+            ``"whole"`` (the whole video as one clip) or ``"static"`` (``num_segments`` single
+            frames - one for a still image - each repeated into a clip of ``clip_len``).
         clip_len: frames per window (ignored by ``"whole"``).
         stride: step between window starts, in resampled frames (``"sliding"``).
         frame_stride: step between frames inside a window, in resampled frames.
@@ -53,7 +54,7 @@ class Sampling:
         views: ``"center"``, ``"3crop"``, ``"flip"`` or ``"3crop+flip"``; more than one view
             adds a views axis to every row, ``(V, D)``.
         last: policy for the last partial window (``"pad"``, ``"drop"``, ``"shift"``).
-        num_segments: segments of the ``"tsn"`` sampler.
+        num_segments: segments of the ``"tsn"`` sampler; frames taken by ``"static"``.
         endpoint: backbone endpoint (None: the backbone's default, its last endpoint).
         keep_time: one row per output time step of each window (frame-level features)
             instead of one row per window.
@@ -97,7 +98,7 @@ class Sampling:
     @property
     def level(self) -> str:
         """``"frame"`` for per-time-step rows (``keep_time`` or the dense sampler), else ``"clip"``."""
-        return "frame" if (self.keep_time or self.sampler == "dense") else "clip"
+        return "frame" if (self.keep_time or self.sampler in ("dense", "static")) else "clip"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,6 +126,8 @@ def window_positions(n_frames: int, sampling: Sampling) -> np.ndarray:
         pos = SAMPLERS["tsn"](n_frames, s.num_segments, clip_len=s.clip_len)
     elif s.sampler == "dense":
         pos = SAMPLERS["dense"](n_frames, clip_len=s.clip_len, frame_stride=s.frame_stride)
+    elif s.sampler == "static":
+        pos = SAMPLERS["static"](n_frames, s.num_segments, s.clip_len)
     else:
         pos = SAMPLERS["whole"](n_frames)
     pos = np.asarray(pos, dtype=np.int64)
@@ -225,6 +228,36 @@ def _is_channels_last(model: torch.nn.Module) -> bool:
     return False
 
 
+class FeatureHead(torch.nn.Module):
+    """The backbone up to the rows of one window: ``(N, C, T, H, W)`` -> ``(N, R, *F)``.
+
+    One module holds the whole per-window computation (endpoint, pooling, time policy), so
+    every runtime - torch eager, OpenVINO - converts and runs exactly the same function.
+    """
+
+    def __init__(self, model: torch.nn.Module, sampling: Sampling) -> None:
+        super().__init__()
+        self.model = model
+        self.endpoint = sampling.endpoint
+        self.pool = sampling.pool
+        self.keep_time = sampling.keep_time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x, endpoint=self.endpoint)  # (N, C', T', H', W')
+        if self.pool == "avg":
+            out = self.model.forward_head(feats, pre_logits=True, keep_time=self.keep_time, endpoint=self.endpoint)
+            return out if self.keep_time else out.unsqueeze(1)  # (N, D) -> (N, 1, D); (N, T', D) kept
+        if self.keep_time:
+            return feats.transpose(1, 2)  # (N, C', T', H', W') -> (N, T', C', H', W')
+        return feats.mean(dim=2).unsqueeze(1)  # -> (N, 1, C', H', W')
+
+
+def split_views(out: torch.Tensor, b: int, v: int) -> torch.Tensor:
+    """Per-clip outputs back to windows: ``(B*V, R, *F)`` -> ``(B, R, V, *F)`` float32."""
+    out = out.float().reshape(b, v, *out.shape[1:])  # (B*V, R, *F) -> (B, V, R, *F)
+    return out.transpose(1, 2).contiguous()  # (B, V, R, *F) -> (B, R, V, *F)
+
+
 def run_model(
     model: torch.nn.Module,
     clips: torch.Tensor,
@@ -232,7 +265,7 @@ def run_model(
     *,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Backbone features of a batch of windows.
+    """Backbone features of a batch of windows (torch eager; the oracle of every runtime).
 
     Args:
         model: a backbone with the featbank contract (``forward_features``, ``forward_head``).
@@ -249,18 +282,8 @@ def run_model(
     if x.device.type == "cuda" or _is_channels_last(model):
         x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), autocast_context(x.device, autocast_dtype):
-        feats = model.forward_features(x, endpoint=sampling.endpoint)  # (B*V, C', T', H', W')
-        if sampling.pool == "avg":
-            out = model.forward_head(feats, pre_logits=True, keep_time=sampling.keep_time, endpoint=sampling.endpoint)
-            if not sampling.keep_time:
-                out = out.unsqueeze(1)  # (B*V, D) -> (B*V, 1, D)
-        elif sampling.keep_time:
-            out = feats.transpose(1, 2)  # (B*V, C', T', H', W') -> (B*V, T', C', H', W')
-        else:
-            out = feats.mean(dim=2, keepdim=False).unsqueeze(1)  # -> (B*V, 1, C', H', W')
-    out = out.float().cpu()
-    out = out.reshape(b, v, *out.shape[1:])  # (B*V, R, *F) -> (B, V, R, *F)
-    return out.transpose(1, 2).contiguous()  # (B, V, R, *F) -> (B, R, V, *F)
+        out = FeatureHead(model, sampling)(x)  # (B*V, R, *F)
+    return split_views(out.float().cpu(), b, v)
 
 
 def assemble_rows(outputs: torch.Tensor | np.ndarray, layout: RowLayout, n_views: int) -> VideoRows:

@@ -9,7 +9,16 @@ Text formats (one video per line; blank lines and lines starting with ``#`` are 
   position of CLASS in sorted order.
 
 Paths are relative to ``root`` (default: the manifest's folder; for a tree, the tree itself).
-``video_id`` is the path relative to root with a known media extension removed; ids are unique.
+
+Video ids never contain where the data happens to live, so they stay the same when the data (with
+its manifest) moves: ``video_id`` is the path relative to a base folder, with a known media
+extension removed, POSIX separators, unique within the manifest. The base folder is
+
+1. ``root`` when given (an entry outside it is an error: its id would depend on the location);
+2. else the manifest's folder, for relative entries and absolute entries below that folder;
+3. else, for absolute entries outside the manifest's folder, their deepest common folder
+   (``/data/x/a.mp4`` and ``/data/y/b.mp4`` -> ``x/a`` and ``y/b``; moving ``/data`` to
+   ``/mnt/data`` and rewriting the manifest keeps the ids).
 Whitespace formats cannot hold paths with spaces; use csv for those.
 """
 
@@ -46,13 +55,24 @@ class ManifestEntry:
 
 
 def video_id_for(path: str, root: str) -> str:
-    """``path`` relative to ``root`` (POSIX separators) with a known media extension removed."""
+    """``path`` relative to ``root`` (POSIX separators) with a known media extension removed.
+
+    Raises:
+        ValueError: ``path`` is not below ``root``.
+    """
     ap, ar = os.path.abspath(path), os.path.abspath(root)
-    rel = os.path.relpath(ap, ar) if os.path.commonpath([ap, ar]) == ar else ap.lstrip("/")
+    if os.path.commonpath([ap, ar]) != ar:
+        raise ValueError(f"{path} is not below {root}")
+    rel = os.path.relpath(ap, ar)
     stem, ext = os.path.splitext(rel)
     if ext.lower() in MEDIA_EXTENSIONS:
         rel = stem
     return rel.replace(os.sep, "/")
+
+
+def _below(path: str, folder: str) -> bool:
+    ap, af = os.path.abspath(path), os.path.abspath(folder)
+    return os.path.commonpath([ap, af]) == af
 
 
 def read_manifest(path: str | os.PathLike[str], *, root: str | None = None, fmt: str = "auto") -> list[ManifestEntry]:
@@ -96,8 +116,7 @@ def read_manifest(path: str | os.PathLike[str], *, root: str | None = None, fmt:
         raise ManifestError(f"{p}: the manifest has no entries")
     if fmt == "auto":
         fmt = _guess_format(p, lines[0][1])
-    entries: list[ManifestEntry] = []
-    seen: dict[str, int] = {}
+    parsed = []
     for k, (lineno, line) in enumerate(lines):
         if fmt == "csv" and k == 0 and _is_csv_header(line):
             continue
@@ -106,7 +125,17 @@ def read_manifest(path: str | os.PathLike[str], *, root: str | None = None, fmt:
         except ValueError as e:
             raise ManifestError(f"{p}:{lineno}: {e} (format {fmt!r}): {line!r}") from None
         full = rel if os.path.isabs(rel) else os.path.join(base, rel)
-        vid = video_id_for(full, base)
+        if root is not None and not _below(full, root):
+            raise ManifestError(f"{p}:{lineno}: {rel} is outside --root {root}; video ids are paths relative "
+                                f"to the root, so every entry must lie below it: {line!r}")
+        parsed.append((lineno, line, full, labels, n_frames, offset))
+    # absolute entries outside the manifest's folder: ids relative to their deepest common folder
+    outside = [os.path.abspath(q[2]) for q in parsed if not _below(q[2], base)]
+    common = os.path.commonpath([os.path.dirname(o) for o in outside]) if outside else base
+    entries: list[ManifestEntry] = []
+    seen: dict[str, int] = {}
+    for lineno, line, full, labels, n_frames, offset in parsed:
+        vid = video_id_for(full, base if _below(full, base) else common)
         if vid in seen:
             raise ManifestError(f"{p}:{lineno}: duplicate video id {vid!r} (first on line {seen[vid]}): {line!r}")
         seen[vid] = lineno
@@ -170,6 +199,8 @@ def _parse_line(line: str, fmt: str) -> tuple[str, tuple[int, ...], int, int]:
 
 def _read_tree(tree: str, root: str | None) -> list[ManifestEntry]:
     base = root if root is not None else tree
+    if not _below(tree, base):
+        raise ManifestError(f"{tree}: the tree is outside --root {root}; video ids are paths relative to the root")
     try:
         classes = sorted(d for d in os.listdir(tree) if not d.startswith(".") and os.path.isdir(os.path.join(tree, d)))
     except OSError as e:

@@ -8,6 +8,8 @@ beyond frame 127.
 - ``tsn_segments``: one clip per equal segment (TSN); the segment centre, or a random offset.
 - ``dense_frames``: one clip per frame (per-frame features, optionally with temporal context).
 - ``whole_video``: the whole sequence as one clip.
+- ``static_frames``: single frames (segment centres; a still image is one frame), each
+  repeated into a clip of ``clip_len`` identical frames (image features from a video backbone).
 """
 
 from __future__ import annotations
@@ -135,9 +137,33 @@ def whole_video(n_frames: int) -> np.ndarray:
     return np.arange(n_frames, dtype=np.int64)[None, :]
 
 
+def static_frames(n_frames: int, num_frames: int, clip_len: int) -> np.ndarray:
+    """Single frames as static clips: the centres of ``num_frames`` equal segments (TSN
+    test-time choice; every frame when there are fewer), each repeated ``clip_len`` times.
+
+    A still image is a one-frame sequence and gives one clip. Repeating a frame is how a video
+    backbone (I3D, X3D) reads an image, so stills and video frames share one feature space.
+
+    Args:
+        n_frames: Frames in the sequence (>= 1).
+        num_frames: Frames taken from the sequence.
+        clip_len: Length of each static clip.
+
+    Returns:
+        ``(min(n_frames, num_frames), clip_len)`` int64 indices; every row repeats one index.
+    """
+    _check_positive(n_frames=n_frames, num_frames=num_frames, clip_len=clip_len)
+    if n_frames <= num_frames:
+        picks = np.arange(n_frames, dtype=np.int64)
+    else:
+        picks = ((np.arange(num_frames) + 0.5) * n_frames / num_frames).astype(np.int64)  # segment centres
+    return np.repeat(picks[:, None], clip_len, axis=1)  # (S,) -> (S, clip_len)
+
+
 SAMPLERS = {
     "sliding": sliding_windows,
     "tsn": tsn_segments,
     "dense": dense_frames,
     "whole": whole_video,
+    "static": static_frames,
 }

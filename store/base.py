@@ -133,6 +133,17 @@ class FeatureSet(ABC):
             "n_rows": np.array([self.n_rows(v) for v in ids], dtype=np.int64),
         }
 
+    # ---- lifecycle (writers) -----------------------------------------------------
+    def compact(self) -> bool:
+        """Consolidate this set's writer segments into the read-optimised layout.
+
+        Returns True when anything was rewritten; backends without segments have nothing to do.
+        """
+        return False
+
+    def close(self) -> None:
+        """Release this process's writer handles; the set stays readable through its store."""
+
 
 class FeatureStore(ABC):
     """A container of feature sets with store-wide provenance and a failure log."""

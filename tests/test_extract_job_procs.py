@@ -45,12 +45,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FLAGS = ["--backbone", "resnet18", "--weights", "random", "--clip-len", "4", "--stride", "4", "--fps", "source",
-         "--device", "cpu", "--no-progress", "--dtype", "float32", "resize=40", "crop=32", "frame_stride=1"]
+         "--device", "cpu", "--no-progress", "--dtype", "float32", "resize=40", "crop=32", "frame_stride=1",
+         "--runtime", "torch", "--precision", "fp32"]
 
 
 def cfg_for(manifest: Path, store: Path, **kw) -> ExtractConfig:
     base = dict(manifest=str(manifest), store=str(store), backbone="resnet18", weights="random", clip_len=4,
-                stride=4, fps="source", device="cpu", dtype="float32", resize=40, crop=32, frame_stride=1)
+                stride=4, fps="source", device="cpu", dtype="float32", resize=40, crop=32, frame_stride=1,
+                runtime="torch", precision="fp32")
     base.update(kw)
     return ExtractConfig(**base)
 

@@ -22,7 +22,7 @@ def test_path_label(tmp_path):
     assert e == [
         ManifestEntry("videos/a", str(tmp_path / "videos/a.mp4"), (3,)),
         ManifestEntry("videos/sub/b", str(tmp_path / "videos/sub/b.avi"), (0,)),
-        ManifestEntry("abs/c", "/abs/c.mkv", (12,)),
+        ManifestEntry("c", "/abs/c.mkv", (12,)),  # outside the manifest folder: relative to its own folder
     ]
     assert read_manifest(m, fmt="path_label") == e
 
@@ -122,3 +122,25 @@ def test_tree_without_classes(tmp_path):
     (tmp_path / "t" / "a.mp4").write_bytes(b"x")
     with pytest.raises(ManifestError, match="no class folders"):
         read_manifest(tmp_path / "t")
+
+
+def test_ids_do_not_contain_the_data_location(tmp_path):
+    """Absolute entries outside the manifest's folder get ids relative to their common folder,
+    so moving the data (and rewriting the manifest) keeps every id."""
+    ids = []
+    for where in ("data", "mnt/storage/data"):
+        d = tmp_path / where
+        man = tmp_path / "manifests" / f"list_{len(ids)}.txt"
+        man.parent.mkdir(parents=True, exist_ok=True)
+        man.write_text(f"{d}/x/a.mp4 0\n{d}/y/b.avi 1\n")
+        ids.append([e.video_id for e in read_manifest(man)])
+    assert ids[0] == ids[1] == ["x/a", "y/b"]
+    one = tmp_path / "one.txt"
+    one.write_text(f"{tmp_path}/elsewhere/deep/clip.mp4 3\n")
+    assert [e.video_id for e in read_manifest(one, fmt="path_label")] == ["elsewhere/deep/clip"]  # below the manifest's folder
+
+
+def test_entry_outside_root_is_refused(tmp_path):
+    (tmp_path / "m.txt").write_text("/somewhere/else/v.mp4 0\n")
+    with pytest.raises(ManifestError, match=r"m.txt:1: /somewhere/else/v.mp4 is outside --root"):
+        read_manifest(tmp_path / "m.txt", root=str(tmp_path / "videos"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featbank.extract.sampling import SAMPLERS, dense_frames, sliding_windows, tsn_segments, whole_video
+from featbank.extract.sampling import SAMPLERS, dense_frames, sliding_windows, static_frames, tsn_segments, whole_video
 
 
 def test_sliding_exact_windows_and_last_policies():
@@ -104,9 +104,20 @@ def test_dense_frames():
     assert d.dtype == np.int64 and d.shape == (300, 8) and np.array_equal(d[:, 4], np.arange(300))
 
 
+def test_static_frames_repeat_segment_centres():
+    s = static_frames(100, 4, 8)
+    assert s.shape == (4, 8) and s.dtype == np.int64
+    assert s[:, 0].tolist() == [12, 37, 62, 87] and (s == s[:, :1]).all()  # one frame per clip
+    assert static_frames(1, 4, 8).tolist() == [[0] * 8]  # a still image: one clip
+    assert static_frames(3, 4, 2).tolist() == [[0, 0], [1, 1], [2, 2]]  # fewer frames than asked: all
+    with pytest.raises(ValueError):
+        static_frames(10, 0, 8)
+
+
 def test_whole_video_and_registry():
     w = whole_video(300)
     assert w.shape == (1, 300) and w.dtype == np.int64 and w[0, -1] == 299
-    assert SAMPLERS == {"sliding": sliding_windows, "tsn": tsn_segments, "dense": dense_frames, "whole": whole_video}
+    assert SAMPLERS == {"sliding": sliding_windows, "tsn": tsn_segments, "dense": dense_frames, "whole": whole_video,
+                        "static": static_frames}
     with pytest.raises(ValueError):
         whole_video(0)

@@ -10,6 +10,17 @@ import argparse
 import sys
 from typing import Any
 
+EXTRACT_EXAMPLES = """examples:
+  featbank extract --manifest clips.txt --store feats.zarr
+      I3D Kinetics-400 (default), 64-frame windows, runtime and precision chosen for this machine
+  featbank extract configs/extract/i3d_rgb_k400.yaml --manifest clips.txt --store feats.zarr --verify 2
+  featbank extract --manifest clips.txt --store feats.zarr --backbone x3d-m --weights x3d_m.pyth \\
+      --runtime openvino --precision fp32 --workers 2
+  featbank extract --manifest stills.txt --store feats.zarr --sampler static --clip-len 8
+      every still (or frame) repeated into an 8-frame clip, one row per frame
+  featbank extract --manifest clips.txt --store feats.zarr --print-config   (resolved config, no run)
+"""
+
 # flag dest -> ExtractConfig key
 _FLAG_KEYS = {
     "manifest": "manifest",
@@ -25,9 +36,13 @@ _FLAG_KEYS = {
     "frame_stride": "frame_stride",
     "fps": "fps",
     "sampler": "sampler",
+    "num_segments": "num_segments",
     "views": "views",
     "device": "device",
+    "runtime": "runtime",
     "precision": "precision",
+    "resize": "resize",
+    "crop": "crop",
     "dtype": "dtype",
     "workers": "workers",
     "batch_size": "batch_size",
@@ -56,16 +71,23 @@ def _add_extract_arguments(p: argparse.ArgumentParser, items_nargs: Any) -> None
     p.add_argument("--store", help="feature store path (created when missing)")
     p.add_argument("--set", help="feature-set name (default BACKBONE/ENDPOINT/cLsS)")
     p.add_argument("--backbone", help="backbone registry name, e.g. i3d-rgb-k400, x3d-m, resnet50")
-    p.add_argument("--weights", help="'default', 'random' or a weights file")
+    p.add_argument("--weights", help="'default' (the backbone's published weights), 'random' or a weights file")
     p.add_argument("--endpoint", help="backbone endpoint (default: the last one)")
     p.add_argument("--clip-len", type=int, help="frames per window")
     p.add_argument("--stride", type=int, help="frames between window starts")
     p.add_argument("--frame-stride", type=int, help="frames between sampled frames in a window")
     p.add_argument("--fps", type=_fps, help="target fps: a number, 'spec' or 'source'")
-    p.add_argument("--sampler", choices=("sliding", "tsn", "dense", "whole"))
+    p.add_argument("--sampler", choices=("sliding", "tsn", "dense", "whole", "static"),
+                   help="static: single frames (a still is one) repeated into clips of --clip-len")
+    p.add_argument("--num-segments", type=int, help="segments of tsn; frames per video of static")
     p.add_argument("--views", choices=("center", "3crop", "flip", "3crop+flip"))
+    p.add_argument("--resize", type=int, help="short side frames are resized to (default: the backbone's)")
+    p.add_argument("--crop", type=int, help="square centre-crop side (default: the backbone's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--runtime", choices=("auto", "torch", "openvino"),
+                   help="auto: OpenVINO on CPU when installed, torch on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 where native and a probe clip agrees with fp32 (cosine >= 0.999), else fp32")
     p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), help="stored dtype")
     p.add_argument("--workers", type=int, help="decoding DataLoader workers")
     p.add_argument("--batch-size", type=int, help="windows per model call")
@@ -87,6 +109,8 @@ def register(sub, groups) -> None:
         description="Extract features of every video in a manifest into one feature set of a store "
         "(resumable; failures are logged in the store; exit code 2 when any video failed). "
         "Flags and key=value overrides may be mixed in any order after the config.",
+        epilog=EXTRACT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Everything after the first positional is re-parsed with parse_intermixed_args, so that
     # flags and key=value overrides can be mixed freely.
@@ -98,6 +122,8 @@ def register(sub, groups) -> None:
         help="re-extract N random committed videos and compare with the stored rows",
         description="Re-extract N random committed videos of a feature set with the config recorded "
         "in its provenance and report the max abs difference (exit 1 above the dtype's tolerance).",
+        epilog="example:\n  featbank store verify feats.zarr --set i3d-rgb-k400/Mixed_5c/c64s64 -n 3 -o workers=0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("store", help="feature store path")
     v.add_argument("--set", required=True, help="feature-set name")

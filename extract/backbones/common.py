@@ -8,6 +8,7 @@ or produces class logits when the map comes from the classifier endpoint.
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ class VideoBackbone(nn.Module, metaclass=abc.ABCMeta):
     """
 
     endpoints: tuple[str, ...] = ()
+    # channels_last_3d weights and inputs run faster on CPU for this network (measured for
+    # I3D); on CUDA every backbone runs channels_last.
+    cpu_channels_last: bool = False
     extra_endpoints: tuple[str, ...] = ()  # accepted by forward_features, not feature maps proper
     endpoint_dims: dict[str, int]
     endpoint_channels: dict[str, int]
@@ -50,6 +54,24 @@ class VideoBackbone(nn.Module, metaclass=abc.ABCMeta):
     def set_weights_id(self, weights_id: str) -> None:
         """Record the sha256 of the weights now loaded in ``spec``."""
         self.spec = self.spec.replace(weights_id=weights_id)
+
+    def fused_for_inference(self, *, channels_last: bool = False, inplace: bool = False) -> "VideoBackbone":
+        """The network ready for inference: eval mode, no gradients, 5-D weights optionally
+        channels_last_3d. Backbones that can fold BatchNorm into their convolutions override
+        this (I3D). The result computes the same function and keeps ``spec`` (and weights id).
+
+        Args:
+            channels_last: store 5-D weights channels_last_3d.
+            inplace: convert this module instead of a deep copy (a caller that owns the model,
+                like the extraction job, saves the copy's time and memory).
+        """
+        fused = self if inplace else copy.deepcopy(self)
+        fused.eval()
+        for p in fused.parameters():
+            p.requires_grad_(False)
+            if channels_last and p.ndim == 5:
+                p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+        return fused
 
     def forward_features(self, x: torch.Tensor, endpoint: str | None = None) -> torch.Tensor:
         """Run the network up to ``endpoint``.

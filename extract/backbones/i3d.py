@@ -163,6 +163,7 @@ class InceptionI3d(VideoBackbone):
 
     endpoints = I3D_ENDPOINTS
     extra_endpoints = (LOGITS_ENDPOINT,)
+    cpu_channels_last = True  # 1.2x faster than NCDHW on CPU (fp32, BatchNorm folded)
 
     def __init__(self, *, name: str = "i3d-rgb", in_channels: int = 3, num_classes: int = 400) -> None:
         super().__init__()
@@ -208,13 +209,14 @@ class InceptionI3d(VideoBackbone):
     def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self._logits_map(feats).mean(dim=(3, 4)).transpose(1, 2)  # -> (B, T'', K)
 
-    def fused_for_inference(self, *, channels_last: bool = True) -> "InceptionI3d":
-        """An inference copy: BatchNorm folded into the convolutions, eval mode, no grads,
-        optionally channels_last_3d weights. ``spec`` (and its weights id) is unchanged:
-        the folded copy computes the same function as the loaded weights."""
+    def fused_for_inference(self, *, channels_last: bool = True, inplace: bool = False) -> "InceptionI3d":
+        """The network ready for inference: BatchNorm folded into the convolutions, eval mode,
+        no grads, optionally channels_last_3d weights (a copy unless ``inplace``). ``spec`` (and
+        its weights id) is unchanged: the folded network computes the same function."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        fused = copy.deepcopy(self).eval()
+        fused = self if inplace else copy.deepcopy(self)
+        fused.eval()
         for unit in fused.modules():
             if isinstance(unit, Unit3D) and unit.bn is not None:
                 unit.conv3d, unit.bn = fuse_conv_bn_eval(unit.conv3d, unit.bn), None

@@ -4,7 +4,8 @@ It is the only loop that turns pixels into stored rows. One module per job:
 
 - ``config``       ``ExtractConfig`` (Literal-typed, validated) and ``default_set_name``;
 - ``tasks``        the manifest as ``VideoTask`` s, and per-video costs for shard balancing;
-- ``runtime``      device, precision and the inference-ready model (``Pipeline``);
+- ``runtime``      device, the inference-ready model and its engine (``Pipeline``; the
+                   runtime x precision choice itself is ``featbank.extract.engines``);
 - ``provenance``   the feature set's schema and provenance (``set_info``);
 - ``distributed``  torchrun ranks and barriers;
 - ``loop``         decode workers -> packed batches -> model -> rows of each finished video;
@@ -21,6 +22,7 @@ from .config import (
     MANIFEST_FORMATS,
     MODALITIES,
     PRECISIONS,
+    RUNTIMES,
     START_METHODS,
     STORE_DTYPES,
     ExtractConfig,
@@ -28,10 +30,19 @@ from .config import (
     resolve_modality,
 )
 from .loop import consume, iterate, open_stream
-from .provenance import set_info
+from .provenance import set_info, settings_differences
 from .report import ExtractSummary, VerifyReport
 from .run import run_extraction
-from .runtime import Pipeline, autocast_dtype_for, build_model, build_pipeline, probe_pipeline, probe_rows, resolve_device
+from .runtime import (
+    Pipeline,
+    autocast_dtype_for,
+    build_model,
+    build_pipeline,
+    prepare_engine,
+    probe_pipeline,
+    probe_rows,
+    resolve_device,
+)
 from .tasks import duration_weights, load_tasks
 from .verify import VERIFY_BF16_RTOL, VERIFY_RTOL, verify_extraction, verify_tolerance
 
@@ -41,6 +52,7 @@ __all__ = [
     "MANIFEST_FORMATS",
     "MODALITIES",
     "PRECISIONS",
+    "RUNTIMES",
     "START_METHODS",
     "STORE_DTYPES",
     "VERIFY_BF16_RTOL",
@@ -58,12 +70,14 @@ __all__ = [
     "iterate",
     "load_tasks",
     "open_stream",
+    "prepare_engine",
     "probe_pipeline",
     "probe_rows",
     "resolve_device",
     "resolve_modality",
     "run_extraction",
     "set_info",
+    "settings_differences",
     "verify_extraction",
     "verify_tolerance",
 ]

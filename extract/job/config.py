@@ -18,7 +18,8 @@ from featbank.store.schema import BackboneSpec
 from ..features import LastPolicy, PoolName, SamplerName, Sampling, ViewName
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # engines.PRECISIONS (a test keeps them equal)
+Runtime = Literal["auto", "torch", "openvino"]  # engines.RUNTIMES
 StartMethod = Literal["forkserver", "fork", "spawn"]
 Modality = Literal["auto", "rgb", "flow"]
 StoreDtype = Literal["float16", "float32", "bfloat16"]
@@ -27,6 +28,7 @@ DecoderName = Literal["auto", "decord", "pyav", "folder", "image"]  # decode.BAC
 
 DEVICES: tuple[str, ...] = get_args(Device)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 START_METHODS: tuple[str, ...] = get_args(StartMethod)
 MODALITIES: tuple[str, ...] = get_args(Modality)
 STORE_DTYPES: tuple[str, ...] = get_args(StoreDtype)
@@ -45,9 +47,12 @@ class ExtractConfig:
         store: path of the feature store (created when missing).
         feature_set: feature-set name; empty derives ``BACKBONE/ENDPOINT/cLsS`` (``default_set_name``).
         backbone: registry name (``featbank.extract.backbones.BACKBONES``).
-        weights: ``"default"`` (the backbone's published weights), ``"random"``/null, or a file.
+        weights: ``"default"`` (the backbone's published weights), ``"random"`` (seeded by
+            ``seed``; YAML null means the same), or a weights file.
         endpoint: backbone endpoint (null: the default, last endpoint).
-        sampler: ``sliding``, ``tsn``, ``dense`` or ``whole``.
+        sampler: ``sliding``, ``tsn``, ``dense``, ``whole`` or ``static`` (``num_segments``
+            single frames per video - one per still image - each repeated into a clip of
+            ``clip_len`` frames; one row per frame).
         clip_len: frames per window (null: the backbone spec's clip length).
         stride: frames between window starts (null: ``clip_len``).
         frame_stride: frames between sampled frames inside a window (null: the spec's).
@@ -56,14 +61,17 @@ class ExtractConfig:
         fps: ``"spec"`` (the backbone's target fps), ``"source"`` (keep each video's rate) or a number.
         views: ``center``, ``3crop``, ``flip``, ``3crop+flip``.
         last: last partial window policy: ``pad``, ``drop``, ``shift``.
-        num_segments: segments of the ``tsn`` sampler.
+        num_segments: segments of the ``tsn`` sampler; frames per video of ``static``.
         keep_time: one row per output time step (frame-level features) instead of one per window.
         pool: ``avg`` (vectors) or ``none`` (``(C, H, W)`` maps).
         modality: ``rgb``, ``flow`` or ``auto`` (flow when the backbone takes 2 channels).
         decoder: decoding backend (``auto``, ``decord``, ``pyav``, ``folder``, ``image``).
         dtype: stored dtype (``float16``, ``float32``, ``bfloat16``).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
+        runtime: ``auto`` (OpenVINO on CPU when installed, torch on CUDA), ``torch`` or
+            ``openvino`` (``featbank.extract.engines``).
+        precision: ``auto`` (bf16 where the device computes it natively and a probe clip agrees
+            with fp32 at cosine >= 0.999, else fp32), ``fp32``, ``bf16`` or ``fp16``.
         workers: DataLoader decoding workers (0 decodes in the main process).
         start_method: how workers start: ``forkserver`` (default: safe when the job already
             runs threads - the Zarr store's I/O loop, gloo, OpenMP), ``fork`` (fastest start) or
@@ -111,6 +119,7 @@ class ExtractConfig:
     decoder: DecoderName = "auto"
     dtype: StoreDtype = "float16"
     device: Device = "auto"
+    runtime: Runtime = "auto"
     precision: Precision = "auto"
     workers: int = 2
     start_method: StartMethod = "forkserver"
@@ -148,8 +157,11 @@ class ExtractConfig:
             raise ValueError("batch_size, chunk_frames and num_segments must be >= 1")
         if self.timeout < 0:
             raise ValueError(f"timeout: must be >= 0 seconds, got {self.timeout}")
-        if self.keep_time and self.sampler == "whole":
-            raise ValueError("keep_time: not supported with sampler 'whole' (rows per window would vary)")
+        if self.keep_time and self.sampler in ("whole", "static"):
+            raise ValueError(f"keep_time: not supported with sampler {self.sampler!r} "
+                             "(whole: rows per window would vary; static: every time step is the same frame)")
+        if isinstance(self.weights, str) and self.weights.lower() in ("none", "null", ""):
+            raise ValueError(f"weights: {self.weights!r}; random weights are spelled 'random'")
         if self.resize is not None and self.crop is not None and self.crop > self.resize:
             raise ValueError(f"crop: {self.crop} is larger than resize {self.resize} (the short side frames are resized to)")
         if self.shard:
@@ -176,10 +188,9 @@ class ExtractConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(record) - known)
         if not record or unknown:
-            raise ExtractError(
-                f"cannot rebuild the extraction config from the set's provenance "
-                f"({'unknown keys ' + str(unknown) if unknown else 'no config recorded'}); pass a config"
-            )
+            why = (f"it holds keys this featbank version does not know: {unknown}" if unknown
+                   else "it records no extraction config (the set was not made by `featbank extract`)")
+            raise ExtractError(f"cannot rebuild the extraction job from the set's provenance: {why}")
         return cls(**dict(record))
 
     def sampling_for(self, spec: BackboneSpec, endpoint: str | None = None) -> Sampling:
@@ -218,6 +229,7 @@ def default_set_name(backbone: str, sampling: Sampling) -> str:
         "tsn": f"tsn{s.num_segments}x{s.clip_len}",
         "dense": f"dense{s.clip_len}",
         "whole": "whole",
+        "static": f"static{s.num_segments}x{s.clip_len}",
     }[s.sampler]
     window += ("t" if s.keep_time else "") + ("map" if s.pool == "none" else "")
     parts = [backbone, s.endpoint or "default", window]

@@ -10,7 +10,7 @@ import numpy as np
 
 from featbank.store.schema import VideoMeta, VideoRows
 
-from ..features import assemble_rows, run_model
+from ..features import assemble_rows
 from .config import ExtractConfig
 from .runtime import Pipeline
 
@@ -69,12 +69,10 @@ def consume(
     from .._stream import ClipChunk, VideoEnd, VideoFailed
 
     by_key = {t.key: t for t in tasks}
-    cuda = pipe.device.type == "cuda"
 
     def run_batch(clips: torch.Tensor) -> torch.Tensor:
         # (B, V, C, L, h, w) -> (B, R, V, *F)
-        return run_model(pipe.model, clips.to(pipe.device, non_blocking=cuda), pipe.sampling,
-                         autocast_dtype=pipe.autocast_dtype)
+        return pipe.engine(clips)
 
     def done(end: VideoEnd, outputs: torch.Tensor | None) -> None:
         task = by_key[end.key]

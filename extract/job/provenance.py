@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from featbank.store.schema import BackboneSpec, FeatureSetInfo
 
 from ..features import Sampling
@@ -20,8 +22,10 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_shape: tuple[int, ...], name: str) -> FeatureSetInfo:
-    """The feature set's schema and provenance (backbone, weights, endpoint, sampling, decoder, transforms)."""
+def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_shape: tuple[int, ...], name: str,
+             choice: Any = None) -> FeatureSetInfo:
+    """The feature set's schema and provenance (backbone, weights, endpoint, sampling, decoder,
+    transforms, and the engine: runtime, precision, probe cosine, CPU flags)."""
     used_spec = spec.replace(
         clip_len=sampling.clip_len if sampling.sampler != "whole" else spec.clip_len,
         frame_stride=sampling.frame_stride,
@@ -44,7 +48,8 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
             "std": list(spec.std),
             "modality": resolve_modality(cfg, spec),
         },
-        "precision": cfg.precision,
+        "precision": choice.precision if choice is not None else cfg.precision,
+        "engine": choice.to_dict() if choice is not None else None,
         "config": cfg.to_record(),
     }
     return FeatureSetInfo(
@@ -58,3 +63,39 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
         spec=used_spec.to_dict(),
         sampling=sampling_dict,
     )
+
+
+# What fixes the values of a set's rows. Two runs may fill one set only when all of these agree;
+# decoder versions, workers, the runtime (torch and OpenVINO fp32 agree to 1e-6) may differ.
+_FIXED_INFO = ("backbone", "weights_id", "endpoint", "row_shape", "dtype", "level")
+_FIXED_SAMPLING = ("sampler", "clip_len", "stride", "frame_stride", "fps", "fps_policy", "views", "last",
+                   "num_segments", "keep_time", "pool", "precision", "static_frames")
+
+
+def settings_differences(old: FeatureSetInfo, new: FeatureSetInfo) -> list[str]:
+    """``"FIELD: OLD (stored) vs NEW"`` for every setting that fixes the rows' values and differs.
+
+    Sampling, backbone, weights id, endpoint, transforms (resize, crop, views, mean/std,
+    modality), precision and the stored layout are fixed when a set is created.
+    """
+    out = [f"{k}: {getattr(old, k)!r} (stored) vs {getattr(new, k)!r}" for k in _FIXED_INFO
+           if _norm(getattr(old, k)) != _norm(getattr(new, k))]
+    so, sn = dict(old.sampling), dict(new.sampling)
+    for k in _FIXED_SAMPLING:
+        if k in so or k in sn:
+            if _norm(so.get(k)) != _norm(sn.get(k)):
+                out.append(f"{k}: {so.get(k)!r} (stored) vs {sn.get(k)!r}")
+    to, tn = dict(so.get("transforms") or {}), dict(sn.get("transforms") or {})
+    for k in sorted(set(to) | set(tn)):
+        if _norm(to.get(k)) != _norm(tn.get(k)):
+            out.append(f"transforms.{k}: {to.get(k)!r} (stored) vs {tn.get(k)!r}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    """Tuples and lists compare equal (JSON round trips turn tuples into lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    return v

@@ -18,7 +18,8 @@ from .runtime import Pipeline, build_pipeline
 from .tasks import load_tasks
 
 # Relative tolerance of ``verify`` per stored dtype (rounding of the stored value), and the
-# extra allowance when the features were computed under bfloat16 autocast.
+# extra allowance when the features were computed in bf16/fp16 (either run may differ from fp32
+# by the precision's rounding).
 VERIFY_RTOL = {"float32": 1e-4, "float16": 2e-3, "bfloat16": 1.6e-2}
 VERIFY_BF16_RTOL = 5e-2
 
@@ -39,9 +40,9 @@ def _manifest_tasks_by_id(cfg: ExtractConfig) -> dict[str, Any]:
         return {}
 
 
-def verify_tolerance(dtype: str, scale: float, autocast: bool) -> float:
+def verify_tolerance(dtype: str, scale: float, low_precision: bool) -> float:
     """Largest acceptable abs difference for values of magnitude ``scale`` stored as ``dtype``."""
-    rtol = VERIFY_RTOL[dtype] + (VERIFY_BF16_RTOL if autocast else 0.0)
+    rtol = VERIFY_RTOL[dtype] + (VERIFY_BF16_RTOL if low_precision else 0.0)
     return rtol * max(1.0, scale)
 
 
@@ -113,7 +114,9 @@ def verify_extraction(
 
         if tasks:
             iterate(cfg, pipe, tasks, on_rows, on_failure, workers=min(cfg.workers, 1))
-        report.tolerance = verify_tolerance(fs.info.dtype, scale, pipe.autocast_dtype is not None)
+        stored_precision = dict(fs.info.sampling).get("precision", "fp32")
+        low = pipe.precision != "fp32" or stored_precision not in ("fp32", "auto")
+        report.tolerance = verify_tolerance(fs.info.dtype, scale, low)
         return report
     finally:
         if own:

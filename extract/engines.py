@@ -1,0 +1,400 @@
+"""Engines: where the per-window network runs (torch eager or OpenVINO) and at what precision.
+
+The same ``features.FeatureHead`` (backbone up to the rows of one window) runs under every
+runtime, so a runtime only changes speed, never the function. Which runtime and precision
+are fastest *and exact enough* depends on the machine the job lands on, so ``select_engine``
+decides at run time:
+
+* runtime ``auto``: CUDA -> torch; CPU -> OpenVINO when installed (1.85x torch fp32 for I3D on
+  2 cores, same values to 1e-6), else torch;
+* precision ``auto``: CUDA -> bf16 (fp16 where the GPU has no bf16); CPU -> bf16 only where the
+  CPU has it natively (``avx512_bf16`` or ``amx_bf16`` in its flags, read at run time), else fp32;
+* any precision other than fp32 is checked on a probe clip against torch fp32: ``auto`` falls
+  back to fp32 below cosine 0.999; an explicit request keeps its precision and records the cosine.
+
+The choice, the probe cosine and the CPU flags go into the feature set's provenance
+(``EngineChoice.to_dict``). A converted OpenVINO model is cached next to the converted weights
+(``$FEATBANK_CACHE/compiled``), keyed by weights id, backbone, endpoint/pooling, input shape and
+runtime version, with the row shape and probe result, so a later run neither converts nor probes.
+Random-init weights all share the weights id ``random`` and are never cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+
+from .errors import EngineError
+from .features import FeatureHead, Sampling, _is_channels_last, split_views
+
+RuntimeName = Literal["auto", "torch", "openvino"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
+
+PROBE_MIN_COSINE = 0.999  # a lower precision is used by ``auto`` only above this agreement with fp32
+_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16")
+_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+# ---------------------------------------------------------------------------------------
+# the machine
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``), read at call time; empty off Linux."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_native(precision: str, flags: frozenset[str] | None = None) -> bool:
+    """True when the CPU computes ``precision`` natively (fp32 always)."""
+    flags = cpu_flags() if flags is None else flags
+    if precision == "bf16":
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    if precision == "fp16":
+        return bool({"avx512_fp16", "amx_fp16"} & flags)
+    return True
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO version, or None (read from the package metadata: no import)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino")
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# engines
+
+
+class TorchEngine:
+    """``FeatureHead`` in torch eager mode, under autocast for bf16/fp16."""
+
+    runtime = "torch"
+
+    def __init__(self, model: torch.nn.Module, sampling: Sampling, device: torch.device, precision: str) -> None:
+        self.head = FeatureHead(model, sampling).eval()
+        self.device = device
+        self.precision = precision
+        self.channels_last = device.type == "cuda" or _is_channels_last(model)
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        """``(B, V, C, T, H, W)`` -> ``(B, R, V, *F)`` float32 on the CPU."""
+        b, v = clips.shape[:2]
+        x = clips.flatten(0, 1).to(self.device, non_blocking=self.device.type == "cuda")  # (B*V, C, T, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        dtype = _TORCH_DTYPES.get(self.precision)
+        ctx = torch.autocast(device_type=self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), ctx:
+            out = self.head(x)  # (B*V, R, *F)
+        return split_views(out.float().cpu(), b, v)
+
+
+class OpenVINOEngine:
+    """A compiled OpenVINO model of ``FeatureHead`` (dynamic batch, fixed clip shape), on CPU."""
+
+    runtime = "openvino"
+
+    def __init__(self, compiled: Any, precision: str) -> None:
+        self.compiled = compiled
+        self.precision = precision
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        """``(B, V, C, T, H, W)`` -> ``(B, R, V, *F)`` float32 on the CPU."""
+        b, v = clips.shape[:2]
+        x = np.ascontiguousarray(clips.flatten(0, 1).numpy(), dtype=np.float32)  # (B*V, C, T, H, W)
+        out = self._request.infer({0: x}, share_inputs=True)[0]  # (B*V, R, *F)
+        return split_views(torch.from_numpy(np.array(out, np.float32, copy=True)), b, v)
+
+
+# ---------------------------------------------------------------------------------------
+# choice
+
+
+@dataclass
+class EngineChoice:
+    """How features are computed on this machine (recorded in the set's provenance).
+
+    Attributes:
+        runtime: ``torch`` or ``openvino``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        requested: the ``runtime/precision`` asked for (``auto`` or explicit).
+        device: ``cpu`` or ``cuda``.
+        probe_cosine: cosine of the probe clip's rows against torch fp32 (None for fp32).
+        cpu_flags: the precision-relevant CPU flags present.
+        cpu_native_bf16: the CPU has native bf16.
+        versions: runtime versions (torch, openvino).
+        cached: the converted model and probe came from the cache (no conversion, no probe).
+        reason: why this runtime and precision were chosen.
+    """
+
+    runtime: str
+    precision: str
+    requested: str
+    device: str
+    probe_cosine: float | None = None
+    cpu_flags: list[str] = field(default_factory=list)
+    cpu_native_bf16: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    cached: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def probe_clip(clip_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """A deterministic normalised clip ``(1, 1, C, T, H, W)``: smooth moving gradients plus noise
+    (in the value range of real normalised frames), for precision probes and shape probes."""
+    c, t, h, w = clip_shape
+    g = torch.Generator().manual_seed(seed)
+    tt = torch.linspace(0, 1, t).view(1, t, 1, 1)
+    yy = torch.linspace(-1, 1, h).view(1, 1, h, 1)
+    xx = torch.linspace(-1, 1, w).view(1, 1, 1, w)
+    phase = torch.arange(c, dtype=torch.float32).view(c, 1, 1, 1)
+    x = torch.sin(3 * xx + 2 * yy + 4 * tt + phase) + 0.3 * torch.randn((c, t, h, w), generator=g)
+    return x.clamp(-2, 2)[None, None]
+
+
+class _Cache:
+    """One folder per converted model: ``model.xml``/``model.bin`` (OpenVINO) and ``meta.json``
+    (row shape, probe cosines); ``None`` root = no caching."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self.meta: dict[str, Any] = {}
+        if root is not None and (root / "meta.json").is_file():
+            try:
+                self.meta = json.loads((root / "meta.json").read_text())
+            except (OSError, ValueError):  # a damaged entry is rebuilt
+                self.meta = {}
+
+    def save(self) -> None:
+        if self.root is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"meta.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=1, sort_keys=True))
+        os.replace(tmp, self.root / "meta.json")
+
+
+def compiled_cache_root() -> Path:
+    """``$FEATBANK_CACHE/compiled`` (next to ``weights``; default ``~/.cache/featbank/compiled``)."""
+    from .weights import cache_dir
+
+    return cache_dir().parent / "compiled"
+
+
+def cache_key(backbone: str, weights_id: str, sampling: Sampling, clip_shape: tuple[int, ...], runtime: str) -> str:
+    """Cache folder name of one converted model (weights, network cut, input shape, versions)."""
+    version = openvino_version() if runtime == "openvino" else torch.__version__
+    parts = [backbone, weights_id, str(sampling.endpoint), sampling.pool, str(sampling.keep_time),
+             "x".join(map(str, clip_shape)), runtime, str(version), platform.machine()]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return f"{backbone}-{weights_id[:12]}-{runtime}-{digest}"
+
+
+def _cache_for(backbone: str, weights_id: str, sampling: Sampling, clip_shape, runtime: str, enabled: bool) -> _Cache:
+    from .weights import RANDOM_WEIGHTS_ID
+
+    if not enabled or weights_id == RANDOM_WEIGHTS_ID or not backbone:
+        return _Cache(None)
+    return _Cache(compiled_cache_root() / cache_key(backbone, weights_id, sampling, clip_shape, runtime))
+
+
+def _resolve_runtime(runtime: str, device: torch.device) -> tuple[str, str]:
+    if runtime == "auto":
+        if device.type == "cuda":
+            return "torch", "CUDA device: torch"
+        if openvino_version() is not None:
+            return "openvino", "CPU: OpenVINO (faster than torch eager at equal values)"
+        return "torch", "CPU without OpenVINO installed: torch"
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise EngineError("runtime 'openvino' runs on the CPU here; use --device cpu or --runtime torch")
+        if openvino_version() is None:
+            raise EngineError("runtime 'openvino' requested but the openvino package is not installed "
+                                "(pip install openvino), or use --runtime torch")
+    return runtime, "requested"
+
+
+def _auto_precision(device: torch.device, flags: frozenset[str]) -> str:
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_native("bf16", flags) else "fp32"
+
+
+def _check_precision(precision: str, device: torch.device, flags: frozenset[str]) -> None:
+    if precision == "fp32" or device.type == "cuda":
+        return
+    if not cpu_native(precision, flags):
+        need = "avx512_bf16 or amx_bf16" if precision == "bf16" else "avx512_fp16 or amx_fp16"
+        raise EngineError(f"precision {precision!r}: this CPU has no native {precision} ({need} not in its "
+                            f"flags); use --precision fp32 or auto")
+
+
+def _build(runtime: str, precision: str, fused: torch.nn.Module, sampling: Sampling, device: torch.device,
+           clip_shape: tuple[int, ...], cache: _Cache, threads: int) -> Any:
+    if runtime == "torch":
+        return TorchEngine(fused, sampling, device, precision)
+    return OpenVINOEngine(_compile_openvino(fused, sampling, clip_shape, precision, cache, threads), precision)
+
+
+def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tuple[int, ...], precision: str,
+                      cache: _Cache, threads: int) -> Any:
+    import openvino as ov
+
+    core = ov.Core()
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_HINTS[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    xml = cache.root / "model.xml" if cache.root is not None else None
+    if xml is not None and xml.is_file() and (cache.root / "model.bin").is_file():
+        ov_model = core.read_model(str(xml))
+        cache.meta["converted_from_cache"] = True
+    else:
+        example = torch.zeros((1, *clip_shape))
+        with torch.no_grad(), _quiet_tracer():
+            ov_model = ov.convert_model(FeatureHead(model, sampling).eval(), example_input=example,
+                                        input=[ov.PartialShape([-1, *clip_shape])])
+        if xml is not None:
+            cache.root.mkdir(parents=True, exist_ok=True)
+            tmp = cache.root / f"model.{os.getpid()}.xml"
+            ov.save_model(ov_model, str(tmp), compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), cache.root / "model.bin")
+            os.replace(tmp, xml)
+        cache.meta["converted_from_cache"] = False
+    if cache.root is not None:
+        config["CACHE_DIR"] = str(cache.root / "blobs")
+    return core.compile_model(ov_model, "CPU", config)
+
+
+@contextlib.contextmanager
+def _quiet_tracer():
+    """TorchScript tracer warnings about Python shape arithmetic (static shapes are intended)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def select_engine(
+    model: torch.nn.Module,
+    sampling: Sampling,
+    clip_shape: tuple[int, ...],
+    device: torch.device,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    backbone: str = "",
+    weights_id: str = "",
+    cache: bool = True,
+    threads: int = 0,
+) -> tuple[Any, EngineChoice, dict[str, Any]]:
+    """Pick and build the engine for ``model`` on this machine.
+
+    Args:
+        model: the inference copy of the backbone (``fused_for_inference``) on ``device``.
+        sampling: endpoint, pooling and time policy of the rows.
+        clip_shape: ``(C, T, H, W)`` of one window (the engine's fixed input shape).
+        device: the torch device.
+        runtime: ``auto``, ``torch`` or ``openvino``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        backbone: registry name (cache key; empty disables the cache).
+        weights_id: the weights' sha256 (cache key).
+        cache: use the compiled-model cache.
+        threads: CPU threads of the OpenVINO runtime (0: its default).
+
+    Returns:
+        ``(engine, choice, shape_info)``: ``engine(clips (B, V, C, T, H, W)) -> (B, R, V, *F)``;
+        ``shape_info`` is ``{"rows_per_window", "feat_shape"}`` when known without running the
+        model (cached), else ``{}``.
+
+    Raises:
+        ExtractError: a runtime or precision that cannot run on this machine.
+    """
+    if runtime not in RUNTIMES:
+        raise EngineError(f"runtime {runtime!r} is not one of {list(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise EngineError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    flags = cpu_flags()
+    rt, why = _resolve_runtime(runtime, device)
+    want = _auto_precision(device, flags) if precision == "auto" else precision
+    _check_precision(want, device, flags)
+    store = _cache_for(backbone, weights_id, sampling, clip_shape, rt, cache)
+    versions = {"torch": torch.__version__}
+    if rt == "openvino":
+        versions["openvino"] = str(openvino_version())
+    choice = EngineChoice(
+        runtime=rt, precision=want, requested=f"{runtime}/{precision}", device=device.type,
+        cpu_flags=sorted(f for f in _FLAGS_OF_INTEREST if f in flags), cpu_native_bf16=cpu_native("bf16", flags),
+        versions=versions,
+    )
+    reasons = [why]
+    probes: dict[str, float] = dict(store.meta.get("probe_cosine", {}))
+    shape_info = dict(store.meta.get("shape", {}))
+    cached = bool(shape_info) and (want == "fp32" or want in probes)
+    engine = _build(rt, want, model, sampling, device, clip_shape, store, threads)
+    if want != "fp32" and want not in probes:
+        clip = probe_clip(clip_shape).to(device)
+        ref = TorchEngine(model, sampling, device, "fp32")(clip)  # (1, R, 1, *F)
+        out = engine(clip)
+        probes[want] = _cosine(ref, out)
+        shape_info = {"rows_per_window": int(ref.shape[1]), "feat_shape": [int(d) for d in ref.shape[3:]]}
+    if want != "fp32":
+        choice.probe_cosine = probes[want]
+        if precision == "auto" and probes[want] < PROBE_MIN_COSINE:
+            reasons.append(f"{want} probe cosine {probes[want]:.6f} < {PROBE_MIN_COSINE}: fp32")
+            want = choice.precision = "fp32"
+            engine = _build(rt, want, model, sampling, device, clip_shape, store, threads)
+        else:
+            reasons.append(f"{want}: native, probe cosine {probes[want]:.6f} vs torch fp32")
+    else:
+        reasons.append("fp32" + (" (no native bf16 on this CPU)" if precision == "auto" and device.type == "cpu" else ""))
+    choice.cached = cached
+    choice.reason = "; ".join(reasons)
+    if store.root is not None:
+        store.meta["probe_cosine"] = probes
+        if shape_info:
+            store.meta["shape"] = shape_info
+        store.meta.pop("converted_from_cache", None)
+        store.save()
+    return engine, choice, (shape_info if cached or shape_info else {})
+
+
+def remember_shape(backbone: str, weights_id: str, sampling: Sampling, clip_shape: tuple[int, ...], runtime: str,
+                   rows_per_window: int, feat_shape: tuple[int, ...]) -> None:
+    """Record the row shape of a converted model in its cache entry (skips the shape probe next time)."""
+    store = _cache_for(backbone, weights_id, sampling, clip_shape, runtime, True)
+    if store.root is None:
+        return
+    store.meta["shape"] = {"rows_per_window": int(rows_per_window), "feat_shape": [int(d) for d in feat_shape]}
+    store.save()
