@@ -43,23 +43,63 @@ R3D_STRIDES: dict[str, tuple[int, int]] = {
 R3D_LEVELS: dict[str, str] = {"low": "layer2", "mid": "layer3", "high": "layer4"}
 
 
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def _torchvision_r3d(num_classes: int, width: float) -> nn.Module:
+    """torchvision's ``r3d_18`` (width 1), or the same layout with every width scaled.
+
+    Narrow variants (e.g. ``width=0.25``: 16/16/32/64/128 channels) exist for CPU-sized
+    experiments; they are built from torchvision's own blocks with its initialisation, so
+    parameter names are identical and only the shapes shrink.
+    """
+    from types import SimpleNamespace
+
+    from torchvision.models.video import resnet as tvr
+
+    if width == 1.0:
+        return tvr.r3d_18(weights=None, num_classes=num_classes)
+    if not 0 < width <= 4:
+        raise ValueError(f"r3d width must be in (0, 4], got {width}")
+    c = {k: _scaled(v, width) for k, v in R3D_CHANNELS.items()}
+    net = nn.Module()
+    net.stem = nn.Sequential(
+        nn.Conv3d(3, c["stem"], kernel_size=(3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False),
+        nn.BatchNorm3d(c["stem"]), nn.ReLU(inplace=True),
+    )
+    holder = SimpleNamespace(inplanes=c["stem"])
+    for i, (layer, stride) in enumerate((("layer1", 1), ("layer2", 2), ("layer3", 2), ("layer4", 2))):
+        setattr(net, layer, tvr.VideoResNet._make_layer(holder, tvr.BasicBlock, tvr.Conv3DSimple, c[layer], 2, stride))
+    net.fc = nn.Linear(c["layer4"], num_classes)
+    for m in net.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.constant_(m.bias, 0)
+    return net
+
+
 class R3D(VideoBackbone):
     """torchvision ``r3d_18`` with the feature contract (default endpoint ``layer4``, 512-d)."""
 
     endpoints = R3D_ENDPOINTS
 
-    def __init__(self, *, name: str = "r3d-18", num_classes: int = 400) -> None:
+    def __init__(self, *, name: str = "r3d-18", num_classes: int = 400, width: float = 1.0) -> None:
         super().__init__()
-        from torchvision.models.video import r3d_18
-
-        net = r3d_18(weights=None, num_classes=num_classes)
+        net = _torchvision_r3d(num_classes, width)
         # torchvision's attribute names, so its state_dict keys match exactly.
         self.stem = net.stem
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.fc = net.fc
-        self.endpoint_channels = dict(R3D_CHANNELS)
-        self.endpoint_dims = dict(R3D_CHANNELS)
-        self.num_features = R3D_CHANNELS["layer4"]
+        self.width = float(width)
+        self.endpoint_channels = {k: _scaled(c, width) for k, c in R3D_CHANNELS.items()}
+        self.endpoint_dims = dict(self.endpoint_channels)
+        self.num_features = self.endpoint_channels["layer4"]
         self.num_classes = num_classes
         self.spec = variant_spec(name, feature_dim=self.num_features)
 
@@ -95,26 +135,31 @@ class R3D(VideoBackbone):
         return self.fc(feats.mean(dim=(3, 4)).transpose(1, 2))  # (B, C, T, H, W) -> (B, T, K)
 
 
-def create_r3d(*, name: str = "r3d-18", num_classes: int = 400) -> R3D:
-    """Build a randomly initialised R3D-18 (torchvision's initialisation)."""
-    return R3D(name=name, num_classes=num_classes)
+def create_r3d(*, name: str = "r3d-18", num_classes: int = 400, width: float = 1.0) -> R3D:
+    """Build a randomly initialised R3D-18 (torchvision's initialisation); ``width`` scales every
+    layer's channels (1.0 = torchvision's model)."""
+    return R3D(name=name, num_classes=num_classes, width=width)
 
 
-def r3d_18(*, weights: str | os.PathLike | None = None, num_classes: int | None = None) -> R3D:
+def r3d_18(*, weights: str | os.PathLike | None = None, num_classes: int | None = None, width: float = 1.0) -> R3D:
     """R3D-18; random init unless ``weights`` is a torchvision (or featbank) state_dict file.
 
     ``weights="default"`` is random init too: no Kinetics file ships with featbank (torchvision's
-    ``r3d_18-b3b3357e.pth`` loads when a user has it).
+    ``r3d_18-b3b3357e.pth`` loads when a user has it). A file's width is read from its stem
+    (64 channels = torchvision's model), so narrow pretrained checkpoints load by path alone.
     """
     from featbank.extract import weights as W
 
     if weights is None or weights == "default":
-        return create_r3d(num_classes=num_classes or 400).eval()  # spec.weights_id == "random"
+        return create_r3d(num_classes=num_classes or 400, width=width).eval()  # spec.weights_id == "random"
     source = os.fspath(weights)
     sd = W.read_state_dict(source)
     fc = sd.get("fc.weight")
     if num_classes is None and fc is not None:
         num_classes = int(fc.shape[0])
-    model = create_r3d(num_classes=num_classes or 400)
+    stem = sd.get("stem.0.weight")
+    if stem is not None:
+        width = stem.shape[0] / R3D_CHANNELS["stem"]
+    model = create_r3d(num_classes=num_classes or 400, width=width)
     model.set_weights_id(W.load_checked(model, sd, source=source))
     return model.eval()
