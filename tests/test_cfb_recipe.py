@@ -111,3 +111,17 @@ def test_cli_flow_config_errors(tmp_path):
     assert main(["flow", str(tmp_path / "none.mp4"), str(tmp_path / "o")]) == 1
     assert main(["flow", str(tmp_path), str(tmp_path / "o"), "algorithm=raft"]) == 1
     assert main(["flow", str(tmp_path), str(tmp_path / "o"), "colour=1"]) == 1
+
+
+def test_motion_pair_oracle_probe_sees_flow_only_pairs():
+    from featbank.experiments.recipes.cfb import motion_pair_separability
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat_interleave(12)
+    rgb = torch.randn(24, T, D, generator=g)  # identical appearance: no class signal
+    flow = torch.randn(24, T, D, generator=g)
+    flow[:, :, 0] += torch.where(y == 0, 3.0, -3.0)[:, None]  # opposite motion directions
+    mask = torch.ones(24, T, dtype=torch.bool)
+    s = Streams(rgb, mask, flow, mask.clone(), y, tuple(str(i) for i in range(24)))
+    (row,) = motion_pair_separability(CfbData(s, s, s, [], 2, {}), [(0, 1)])
+    assert row["flow"] > 0.9 and row["rgb"] < 0.8 and row["videos"] == 24

@@ -170,7 +170,20 @@ def _pair(store, rgb_name: str, flow_name: str, max_len: int, require_labels: bo
         missing = sorted(set(r.video_ids) - set(f.video_ids))[:5]
         raise ConfigError(f"{flow_name}: flow features missing for videos of {rgb_name}: {missing}")
     pr, pf = pad_sequences(r, max_len), pad_sequences(f, max_len)
-    return Streams(pr.feats, pr.mask, pf.feats, pf.mask, torch.from_numpy(r.labels.copy()), r.video_ids)
+    (rf, rm), (ff, fm) = _pad_to(pr.feats, pr.mask, max_len), _pad_to(pf.feats, pf.mask, max_len)
+    return Streams(rf, rm, ff, fm, torch.from_numpy(r.labels.copy()), r.video_ids)
+
+
+def _pad_to(feats, mask, length: int):
+    """Zero-pad ``(V, T, D)`` / ``(V, T)`` to ``T = length`` so every split shares one time axis
+    (a bank entry of a target video then fits in place of a source video's flow)."""
+    import torch
+
+    extra = length - feats.shape[1]
+    if extra <= 0:
+        return feats, mask
+    return (torch.cat([feats, feats.new_zeros(feats.shape[0], extra, *feats.shape[2:])], 1),
+            torch.cat([mask, mask.new_zeros(mask.shape[0], extra)], 1))
 
 
 @dataclass
@@ -212,8 +225,8 @@ def load_cfb_data(cfg: CfbConfig) -> CfbData:
             test = _pair(store, fc.test_rgb, fc.test_flow, fc.max_len, True)
         pace = []
         for name in fc.pace_sets:
-            p = pad_sequences(load_rows(store, name, dtype=torch.float32), fc.max_len)
-            pace.append((p.feats, p.mask))
+            p = pad_sequences(load_rows(store, name, video_ids=list(target.video_ids), dtype=torch.float32), fc.max_len)
+            pace.append(_pad_to(p.feats, p.mask, fc.max_len))
         wids = {}
         for n in (fc.source_rgb, fc.source_flow):
             info = store.open_set(n).info
@@ -444,3 +457,33 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 __all__ = ["ABLATIONS", "CfbConfig", "CfbFeatures", "CfbData", "load_cfb_config", "load_cfb_data", "train_row",
            "run_cfb", "format_table", "eval_frame_indices", "released_eval_frame_indices"]
+
+
+def motion_pair_separability(data: CfbData, pairs: Sequence[Sequence[int]], folds: int = 4) -> list[dict[str, Any]]:
+    """Diagnostic (an oracle, not a method): can each stream's features tell a motion pair apart
+    at all? Cross-validated logistic regression on the time-pooled target-test features of the
+    pair's two classes, with their true labels, per stream. Nothing here feeds any result row.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.pipeline import make_pipeline
+
+    split = data.test if data.test is not None else data.target
+    out = []
+    for a, b in pairs:
+        sel = ((split.labels == a) | (split.labels == b)).numpy()
+        y = split.labels.numpy()[sel]
+        row: dict[str, Any] = {"pair": [int(a), int(b)], "videos": int(sel.sum())}
+        for name, feats, mask in (("rgb", split.rgb, split.rgb_mask), ("flow", split.flow, split.flow_mask)):
+            m = mask[sel].float()[..., None]
+            x = ((feats[sel] * m).sum(1) / m.sum(1).clamp_min(1)).numpy()  # (N, T, D) -> (N, D)
+            k = int(min(folds, np.bincount(y).max() if len(y) else 2, np.bincount(y)[np.bincount(y) > 0].min()))
+            if k < 2:
+                row[name] = None
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+            cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
+            row[name] = float(cross_val_score(clf, x, y, cv=cv).mean())
+        out.append(row)
+    return out

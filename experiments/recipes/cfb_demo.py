@@ -8,7 +8,7 @@
    weights, flow with the I3D flow architecture whose weights are the Kinetics-400 RGB weights
    with the first conv averaged over colour channels to 2 inputs (no flow weights exist here;
    see docs/cfb.md for plugging in ``flow_imagenet.pt``), and target RGB at paces 1..5
-   (4-frame clips at frame steps 1..5);
+   (7-frame clips at frame steps 1..5);
 5. run the CFB ablation rows over seeds (``configs/experiments/cfb_synth.yaml``), print the table
    and write ``OUT/results.json`` (the shared demo layout, headline ``acc_sf``).
 """
@@ -42,20 +42,19 @@ class CfbDemoConfig:
         resize: short side frames are resized to before the centre crop.
         crop: centre crop side.
         clip_len: frames per clip of the RGB/flow features (2 I3D time steps per 16 frames).
-        pace_clip_len: frames per pace clip (frame steps 1..5 fit in 16 frames with 4).
+        pace_clip_len: frames per pace clip (7 frames at step 5 span 31 of the 32 frames).
         threads: torch CPU threads.
         config: CFB recipe config (default ``configs/experiments/cfb_synth.yaml``).
         overrides: ``key=value`` overrides of the recipe config.
     """
 
-    data: SynthI2VConfig = field(default_factory=lambda: SynthI2VConfig(
-        seed=0, classes=6, source_per_class=15, train_per_class=8, test_per_class=4, frames=16, fps=8, size=112))
+    data: SynthI2VConfig = field(default_factory=SynthI2VConfig)  # the v2 design (motion-only pairs)
     still: Still2VideoConfig = field(default_factory=lambda: Still2VideoConfig(frames=16, output="frames"))
     flow: FlowConfig = field(default_factory=lambda: FlowConfig("dis", dis_preset="medium"))
-    resize: int = 112
-    crop: int = 112
+    resize: int = 64
+    crop: int = 64
     clip_len: int = 16
-    pace_clip_len: int = 4
+    pace_clip_len: int = 7
     threads: int = 2
     config: str = ""
     overrides: tuple[str, ...] = ()
@@ -141,7 +140,8 @@ def run_demo(out: str | Path, cfg: CfbDemoConfig = CfbDemoConfig(), *, seeds: tu
 
     from featbank.experiments.data.still2video import generate as still2video
     from featbank.experiments.data.synth_i2v import generate
-    from featbank.experiments.recipes.cfb import format_table, load_cfb_config, run_cfb
+    from featbank.experiments.recipes.cfb import (format_table, load_cfb_config, load_cfb_data,
+                                                  motion_pair_separability, run_cfb)
     from featbank.experiments.stats import write_demo_results
 
     t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -176,24 +176,33 @@ def run_demo(out: str | Path, cfg: CfbDemoConfig = CfbDemoConfig(), *, seeds: tu
     print("[5/5] CFB ablation rows over seeds", flush=True)
     t0 = time.perf_counter()
     info = json.loads((data_dir / "info.json").read_text())
+    classes = (data_dir / "classes.txt").read_text().split()
     pairs = info.get("motion_pairs") or []
     overrides = [f"features.store={store_path}", *([f"features.motion_pairs={json.dumps(pairs)}"] if pairs else []),
                  *([f"seeds={list(seeds)}"] if seeds else []), *cfg.overrides]
     rcfg = load_cfb_config(cfg.config or DEFAULT_CONFIG, overrides)
-    result = run_cfb(rcfg, out / "cfb", progress=False)
+    data = load_cfb_data(rcfg)
+    result = run_cfb(rcfg, out / "cfb", progress=False, data=data)
     timings["train"] = time.perf_counter() - t0
+    separability = motion_pair_separability(data, pairs)
 
     print(format_table(result))
+    for e in result["motion_pair_acc"]:
+        a, b = e["pair"]
+        print(f"  {e['row']:<12} test AccSf {classes[a]} {_f(e['acc_sf'][0])}  {classes[b]} {_f(e['acc_sf'][1])}")
+    for e in separability:
+        a, b = e["pair"]
+        print(f"  oracle probe (test labels, diagnostic) {classes[a]} vs {classes[b]}: rgb {_f(e['rgb'])} flow {_f(e['flow'])}")
     overflow = int8_overflow_example()
     print(f"int8 frame indices of a {overflow['n_frames']}-frame video: released {overflow['released_int8']}")
     print(f"                                          ours     {overflow['ours_int64']}")
-    classes = (data_dir / "classes.txt").read_text().split()
     extra = {
         "acc_rows": {r["name"]: {k: r.get(k) for k in ("acc", "acc_ci95", "test_acc_sf", "test_acc_sf_ci95",
                                                        "test_acc", "test_acc_ci95")} for r in result["rows"]},
         "per_class_test_acc_sf": {r["name"]: dict(zip(classes, r.get("test_per_class_sf", []))) for r in result["rows"]},
         "motion_pairs": [[classes[a], classes[b]] for a, b in pairs],
         "motion_pair_acc": result["motion_pair_acc"],
+        "motion_pair_oracle_probe": separability,
         "int8_overflow": overflow,
         "flow": cfg.flow.record(),
         "flow_weights": "Kinetics-400 RGB I3D with the first conv averaged over colour channels to 2 inputs "
@@ -207,3 +216,7 @@ def run_demo(out: str | Path, cfg: CfbDemoConfig = CfbDemoConfig(), *, seeds: tu
     print(f"RGB only {res['source_only_acc']:.3f} -> full {res['final_acc']:.3f} AccSf  "
           f"({res['seconds']:.0f} s; {out / 'results.json'})")
     return res
+
+
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
