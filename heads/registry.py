@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .cfb import CfbPaceHead, CfbStreamHead
 from .cycda import CycdaImageHead, CycdaVideoHead
+from .detect import CoarseFineHead, FineOnlyHead, PDANHead
 from .glad import GladHead
 from .probes import AttentionPoolHead, LinearProbe, MLPProbe, TCNHead
 from .ssl import TemporalCueHead
@@ -25,6 +26,9 @@ HEADS = {
     "attn": AttentionPoolHead,
     "tcn": TCNHead,
     "temporal-cue": TemporalCueHead,
+    "detect-fine": FineOnlyHead,
+    "detect-pdan": PDANHead,
+    "detect-coarse-fine": CoarseFineHead,
 }
 
 

@@ -19,6 +19,7 @@ GROUPS = {
     "store": "inspect, validate, import/export, compact and explain feature stores",
     "bank": "build, query and evaluate nearest-neighbour memory banks over a feature set",
     "data": "generate benchmark data sets",
+    "eval": "score predictions with official evaluation protocols",
 }
 
 # Modules that register commands (a literal tuple, GUIDE rule 3).
@@ -28,6 +29,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.bank",
     "featbank.experiments.cli.run",
     "featbank.experiments.cli.classify",
+    "featbank.experiments.cli.detect",
     "featbank.experiments.cli.glad",
     "featbank.experiments.cli.train",
     "featbank.experiments.cli.cfb",

@@ -11,6 +11,7 @@ from pathlib import Path
 # Recipes ``featbank run`` dispatches to, by the config's top-level ``recipe`` key (literal dict).
 RECIPES = {
     "cycda": "featbank.experiments.cli.run:_run_cycda",
+    "detect": "featbank.experiments.cli.detect:run_detect_config",
     "train": "featbank.experiments.cli.train:run_from_config",
     "cfb": "featbank.experiments.cli.cfb:_run_cfb",
 }
@@ -22,6 +23,7 @@ RECIPES = {
 # ``source_only_ci95``, ``final_ci95``, ``seeds``, ``seconds`` and ``rows`` (the whole table).
 DEMOS = {
     "cycda": "featbank.experiments.cli.run:_demo_cycda",
+    "detect": "featbank.experiments.cli.detect:demo_detect",
     "cfb": "featbank.experiments.cli.cfb:_demo_cfb",
 }
 
