@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="featbank",
         description="featbank: run video backbones once into a Zarr feature store, then train "
         "heads, query memory banks and run published recipes on the cached features.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of a user error (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups = {}
     for name, help_line in GROUPS.items():
@@ -59,13 +63,33 @@ def _version() -> str:
     return f"featbank {__version__}"
 
 
+_EPILOG = """examples:
+  featbank extract configs/extract/i3d_rgb_k400.yaml --manifest videos.txt --store feats.zarr
+  featbank store info feats.zarr
+  featbank store validate feats.zarr
+  featbank store export npy feats.zarr --set i3d/rgb feats_npy/
+  featbank demo --out demo_out
+run `featbank COMMAND --help` for the examples of each command"""
+
+
+def _split_traceback(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Take ``--traceback`` out of the command line wherever it stands (before a ``--``), so that
+    every command accepts it without declaring it."""
+    argv = list(argv)
+    stop = argv.index("--") if "--" in argv else len(argv)
+    found = "--traceback" in argv[:stop]
+    return [a for i, a in enumerate(argv) if i >= stop or a != "--traceback"], found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, traceback = _split_traceback(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.traceback = traceback or getattr(args, "traceback", False)
     func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 0 if args.command is None else 2
+    if func is None:  # `featbank` alone, or a group without its subcommand: usage, exit 2
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:

@@ -125,8 +125,8 @@ def register(sub, groups) -> None:
         epilog="example:\n  featbank store verify feats.zarr --set i3d-rgb-k400/Mixed_5c/c64s64 -n 3 -o workers=0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    v.add_argument("store", help="feature store path")
-    v.add_argument("--set", required=True, help="feature-set name")
+    v.add_argument("store", metavar="PATH", help="store folder or fsspec URL")
+    v.add_argument("--set", required=True, metavar="NAME", help="feature set to verify")
     v.add_argument("-n", type=int, default=3, help="videos to re-extract (default 3)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("-o", "--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -189,13 +189,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from featbank.experiments.cli.store import _open
     from featbank.experiments.config import from_dict
     from featbank.extract.job import ExtractConfig, verify_extraction
-    from featbank.store import open_store
+    from featbank.store import StoreError
 
-    with open_store(args.store, "r") as store:
+    with _open(args.store, "r") as store:
         fs = store.open_set(args.set, allow_stale=True)
         recorded = dict(fs.info.sampling.get("config", {}))
+        if not recorded:  # e.g. a set imported from npy/HDF5: nothing says how to re-extract it
+            raise StoreError(
+                f"set {args.set!r} of {args.store} records no extraction config (it was not written by "
+                "`featbank extract`, e.g. imported), so its videos cannot be re-extracted to verify them; "
+                f"`featbank store validate {args.store}` checks its stored values instead"
+            )
         cfg = from_dict(ExtractConfig, recorded, args.overrides) if recorded else None
         report = verify_extraction(store, args.set, args.n, seed=args.seed, cfg=cfg)
     print(report.format())

@@ -357,7 +357,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         epilog="example:\n  featbank store explain feats.zarr --set i3d/rgb v_ApplyEyeMakeup_g01_c01 3",
         formatter_class=_FMT,
     )
-    p.add_argument("store", metavar="STORE", help="store folder or fsspec URL")
+    p.add_argument("store", metavar="PATH", help="store folder or fsspec URL")
     p.add_argument("--set", required=True, metavar="NAME", help="feature set")
     p.add_argument("video", metavar="VIDEO", help="video id")
     p.add_argument("row", metavar="ROW", type=int, help="row index within the video (negative: from the end)")
