@@ -14,6 +14,7 @@ RECIPES = {
     "detect": "featbank.experiments.cli.detect:run_detect_config",
     "train": "featbank.experiments.cli.train:run_from_config",
     "cfb": "featbank.experiments.cli.cfb:_run_cfb",
+    "glad": "featbank.experiments.cli.glad:run_glad_config",
 }
 
 # End-to-end demos of ``featbank demo --recipe NAME`` (literal dict). Each entry is
@@ -25,6 +26,7 @@ DEMOS = {
     "cycda": "featbank.experiments.cli.run:_demo_cycda",
     "detect": "featbank.experiments.cli.detect:demo_detect",
     "cfb": "featbank.experiments.cli.cfb:_demo_cfb",
+    "glad": "featbank.experiments.cli.glad:demo_glad",
 }
 
 
