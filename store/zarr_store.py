@@ -578,7 +578,7 @@ class ZarrFeatureSet(FeatureSet):
             notes.append(f"set {self.name!r}: {no_crc} of {len(idx)} video(s) carry no checksum (committed by an older "
                          "featbank); their values are checked for shape, finite values and times only")
         live = set(idx.segments) | {s for s in state.sizes}
-        for seg in state.segments:
+        for seg in state.segments if not problems else []:  # with damage, "unreferenced" may be what was lost
             if seg not in live:
                 notes.append(f"set {self.name!r}: segment {seg} is not referenced (left by an interrupted compaction "
                              "or import); `featbank store compact` removes it")

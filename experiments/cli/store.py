@@ -39,7 +39,7 @@ def _report_salvage(store: Any, names: list[str] | None = None) -> None:
     for name in names if names is not None else store.feature_sets():
         store.open_set(name, allow_stale=True).video_ids()
     lost = store.salvage_report()
-    print(f"salvage: read what is provably intact; {len(lost)} thing(s) left out" + (":" if lost else ""),
+    print(f"salvage: only what is provably intact is read; {len(lost)} finding(s)" + (":" if lost else ""),
           file=sys.stderr)
     for line in lost:
         print(f"  - {line}", file=sys.stderr)
