@@ -185,18 +185,31 @@ def smallest_reaching(recall_at_v: Callable[[int], float], lo: int, hi: int, tar
     return best, best_r
 
 
-def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min_speedup: float = 2.0) -> Tuned:
+def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min_speedup: float = 2.0,
+         exclude_ids: np.ndarray | None = None) -> Tuned:
     """Smallest nprobe / efSearch (and refine ``k_factor``) whose recall reaches ``target``.
 
     Chosen on ``ho.tune``; then ``ho.check`` is measured and the parameter raised (x1.25
     steps) while the check half misses the target. With ``stop_when_slow`` tuning stops as
     soon as a setting short of the target is already slower than exact search divided by
-    ``min_speedup`` (``Tuned.slow``).
+    ``min_speedup`` (``Tuned.slow``). ``exclude_ids`` (IVF only) leaves those ids out of every
+    search: an IVF index holding the held-out vectors then answers exactly as one without them.
     """
     faiss = _faiss()
     ps = faiss.ParameterSpace()
     k = ho.k
     state: dict[str, Any] = {"seconds": float("inf")}
+    if exclude_ids is not None:
+        ivf = ivf_of(index)
+        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude_ids, np.int64)))
+
+        class _Excluding:  # index.search with the held-out ids filtered out, at the current nprobe
+            def search(self, q, kk):
+                return index.search(q, kk, params=faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe))
+
+        searcher = _Excluding()
+    else:
+        searcher = index
 
     def set_param(name: str, v: int) -> None:
         ps.set_index_parameter(index, name, int(v))
@@ -204,11 +217,11 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
     def rec_tune(name: str, v: int) -> float:
         set_param(name, v)
         t0 = time.perf_counter()
-        ids = index.search(ho.tune, k)[1]
+        ids = searcher.search(ho.tune, k)[1]
         elapsed = time.perf_counter() - t0
         r = recall_at(ids, ho.tune_exact, k)
         if stop_when_slow and r < target and elapsed * min_speedup > ho.exact_seconds:
-            elapsed, _ = time_search(index, ho.tune, k)  # one run may have been preempted: best of three
+            elapsed, _ = time_search(searcher, ho.tune, k)  # one run may have been preempted: best of three
             if elapsed * min_speedup > ho.exact_seconds:
                 state.update(name=name, value=v, recall=r, seconds=elapsed)
                 raise _TooSlow
@@ -228,23 +241,23 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
         if refine is not None and (rec is None or rec < target):
             params["k_factor"], rec = smallest_reaching(lambda v: rec_tune("k_factor", v), 4, 256, target)
         if rec is None:
-            rec = recall_at(index.search(ho.tune, k)[1], ho.tune_exact, k)
+            rec = recall_at(searcher.search(ho.tune, k)[1], ho.tune_exact, k)
     except _TooSlow:
         params[state["name"]] = int(state["value"])
         set_param(state["name"], state["value"])
-        r_check = recall_at(index.search(ho.check, k)[1], ho.check_exact, k)
+        r_check = recall_at(searcher.search(ho.check, k)[1], ho.check_exact, k)
         return Tuned(params, state["recall"], r_check, state["seconds"], True, slow=True)
     for name, v in params.items():
         set_param(name, v)
-    r_check = recall_at(index.search(ho.check, k)[1], ho.check_exact, k)
+    r_check = recall_at(searcher.search(ho.check, k)[1], ho.check_exact, k)
     # the check half is never used to pick the parameter, only to confirm it (raise while short)
     bump = "k_factor" if refine is not None and "k_factor" in params and knob is None else (knob[0] if knob else None)
     hi = {"nprobe": knob[2] if knob else 0, "efSearch": 4096, "k_factor": 256}.get(bump or "", 0)
     while bump and r_check < target and params[bump] < hi:
         params[bump] = min(hi, int(math.ceil(params[bump] * 1.25)))
         set_param(bump, params[bump])
-        r_check = recall_at(index.search(ho.check, k)[1], ho.check_exact, k)
-    seconds, _ = time_search(index, ho.tune, k)
+        r_check = recall_at(searcher.search(ho.check, k)[1], ho.check_exact, k)
+    seconds, _ = time_search(searcher, ho.tune, k)
     return Tuned(params, float(rec), float(r_check), seconds, r_check < target)
 
 
