@@ -20,6 +20,7 @@ GROUPS = {
     "bank": "build, query and evaluate nearest-neighbour memory banks over a feature set",
     "data": "generate benchmark data sets",
     "eval": "score predictions with official evaluation protocols",
+    "viz": "visualise what a model looks at (temporal-cue class activation maps)",
 }
 
 # Modules that register commands (a literal tuple, GUIDE rule 3).
@@ -33,6 +34,7 @@ CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.glad",
     "featbank.experiments.cli.train",
     "featbank.experiments.cli.cfb",
+    "featbank.experiments.cli.ssl",
 )
 
 

@@ -15,6 +15,7 @@ RECIPES = {
     "train": "featbank.experiments.cli.train:run_from_config",
     "cfb": "featbank.experiments.cli.cfb:_run_cfb",
     "glad": "featbank.experiments.cli.glad:run_glad_config",
+    "ssl": "featbank.experiments.cli.ssl:run_ssl_config",
 }
 
 # End-to-end demos of ``featbank demo --recipe NAME`` (literal dict). Each entry is
@@ -27,6 +28,7 @@ DEMOS = {
     "detect": "featbank.experiments.cli.detect:demo_detect",
     "cfb": "featbank.experiments.cli.cfb:_demo_cfb",
     "glad": "featbank.experiments.cli.glad:demo_glad",
+    "ssl": "featbank.experiments.cli.ssl:demo_ssl",
 }
 
 

@@ -494,8 +494,7 @@ def evaluate_set(store_path: str | Path, set_name: str, *, train_split: str = "t
                             test_split=test_split, index="Flat")
     finally:
         store.close()
-    recall = rep.get("bank", rep.get("class_metrics", {}).get("bank", {}))
-    recall = {k: float(v) for k, v in recall.items() if str(k).startswith("R@")}
+    recall = {k: float(v) for k, v in rep["class_metrics"]["bank"].items()}  # {"R@1": ..., "R@20": ...}
     per_seed = [{"seed": r["seed"], "top1": r["top1"], "mca": r["mca"], **recall} for r in probe["per_seed"]]
     return {"per_seed": per_seed, "retrieval": rep, "probe": probe}
 
