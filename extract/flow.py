@@ -389,3 +389,47 @@ def write_flow_weights_from_k400(path: str | os.PathLike) -> Path:
         torch.save(flow_weights_from_rgb(sd), tmp)
         os.replace(tmp, path)
     return path
+
+
+# ---- flow computed in memory inside the extraction job --------------------------------------
+
+
+def flow_read_plan(indices: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB frame pairs ``(a, b)`` whose flow stands for each requested index.
+
+    Index ``i`` is the flow ``i -> i + 1``; the last frame (which has no successor) repeats
+    the flow ``n - 2 -> n - 1``, so a video of ``n`` frames gives ``n`` flow frames on the same
+    time grid as its RGB frames (a one-frame video gives zero flow).
+    """
+    idx = np.asarray(indices, np.int64)
+    a = np.minimum(idx, max(n_frames - 2, 0))
+    b = np.minimum(a + 1, n_frames - 1)
+    return a, b
+
+
+def flow_frames_at(read: Callable[[np.ndarray], Any], indices: np.ndarray, n_frames: int, cfg: FlowConfig,
+                   fn: Callable | None = None):
+    """Decoded RGB -> uint8 flow frames at source ``indices``, for the I3D flow stream.
+
+    Args:
+        read: reads RGB source frames, ``read(sorted unique indices) -> Frames`` (the decoder's ``read``).
+        indices: requested source indices (sorted, unique, as the job asks).
+        n_frames: frames in the video.
+        cfg: flow algorithm and parameters.
+        fn: a prepared :func:`flow_function` (reuse it across calls in one worker).
+
+    Returns:
+        ``Frames`` with ``(K, h, w, 2)`` uint8 flow (``quantize_flow``) and the requested indices' times.
+    """
+    from featbank.extract.decode_base import Frames
+
+    idx = np.asarray(indices, np.int64)
+    a, b = flow_read_plan(idx, n_frames)
+    need = np.unique(np.concatenate([a, b, idx]))
+    rgb = read(need)
+    pos = {int(s): k for k, s in enumerate(np.asarray(rgb.indices, np.int64))}
+    gray = to_gray(rgb.frames, cfg.resize)
+    fn = fn or flow_function(cfg)
+    flow = np.stack([quantize_flow(fn(gray[pos[int(i)]], gray[pos[int(j)]]), cfg.bound) for i, j in zip(a, b)])
+    times = np.asarray(rgb.times)[[pos[int(i)] for i in idx]]
+    return Frames(flow, times, idx)

@@ -149,3 +149,28 @@ def test_flow_stream_weights_published_layout_and_rgb_stand_in(tmp_path):
     assert stand_in.spec.in_channels == 2 and stand_in.num_classes == 400
     with pytest.raises(FlowError, match="not an I3D"):
         flow_weights_from_rgb({"fc.weight": torch.zeros(2, 2)})
+
+
+def test_flow_frames_at_lines_up_with_rgb_indices():
+    from featbank.extract.decode_base import Frames
+    from featbank.extract.flow import flow_frames_at, flow_read_plan
+
+    video = _translating(2.0, -1.0, n=6, size=64)
+    calls = []
+
+    def read(idx):
+        calls.append(list(idx))
+        return Frames(video[idx], idx.astype(np.float64) / 8, idx)
+
+    a, b = flow_read_plan(np.array([0, 3, 5]), 6)
+    assert a.tolist() == [0, 3, 4] and b.tolist() == [1, 4, 5]  # the last frame repeats 4 -> 5
+    got = flow_frames_at(read, np.array([0, 3, 5]), 6, FlowConfig("dis"))
+    assert got.frames.shape == (3, 64, 64, 2) and got.frames.dtype == np.uint8
+    assert got.indices.tolist() == [0, 3, 5] and got.times.tolist() == [0.0, 3 / 8, 5 / 8]
+    assert calls == [[0, 1, 3, 4, 5]]  # one decode of the needed RGB frames
+    full = quantize_flow(dense_flow(video, FlowConfig("dis")))  # (5, ...)
+    np.testing.assert_array_equal(got.frames, full[[0, 3, 4]])
+    x = dequantize_flow(got.frames[..., 0])[:, 16:-16, 16:-16]
+    assert abs(np.median(x) * 20 - 2.0) < 0.2  # +2 px/frame in x, scaled by the 20 px bound
+    one = flow_frames_at(lambda i: Frames(video[:1][i], i.astype(float), i), np.array([0]), 1, FlowConfig("dis"))
+    assert np.all(one.frames == 128)  # a single frame has no motion
