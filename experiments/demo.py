@@ -68,8 +68,6 @@ def extract_benchmark(data_dir: Path, store_path: Path, cfg: DemoConfig, *, prog
     """Extract the five feature sets of the benchmark into a Zarr store; returns seconds per part."""
     import torch
 
-    from featbank.experiments.static_frames import extract_static_frames, items_from_manifest
-    from featbank.extract.backbones import create_backbone
     from featbank.extract.job import ExtractConfig, run_extraction
     from featbank.store import open_store
 
@@ -78,19 +76,22 @@ def extract_benchmark(data_dir: Path, store_path: Path, cfg: DemoConfig, *, prog
     store = open_store(str(store_path), "a")
     try:
         t0 = time.perf_counter()
-        model = create_backbone(cfg.backbone, weights=cfg.weights).eval()
-        spec = model.spec.replace(resize=cfg.resize, crop=cfg.crop)
-        store.set_backbone_weights(cfg.backbone, spec.weights_id)
         parts = (("source_images", "source", "train", "source", 1),
                  ("target_frames", "target_train", "train", "target", cfg.frames_per_video),
                  ("test_frames", "target_test", "test", "target", cfg.frames_per_video))
-        for key, manifest, split, domain, k in parts:
+        for key, manifest, split, domain, k in parts:  # stills and frames: the job's static sampler
             t1 = time.perf_counter()
-            items = items_from_manifest(data_dir / f"{manifest}.txt", split=split, domain=domain)
-            extract_static_frames(store, SETS[key], items, model, spec, frames_per_video=k,
-                                  clip_len=cfg.static_clip_len, progress=progress, backbone=cfg.backbone)
+            ecfg = ExtractConfig(
+                manifest=str(data_dir / f"{manifest}.txt"), manifest_format="path_label", store=str(store_path),
+                feature_set=SETS[key], backbone=cfg.backbone, weights=cfg.weights, sampler="static",
+                num_segments=k, clip_len=cfg.static_clip_len, resize=cfg.resize, crop=cfg.crop, fps="source",
+                workers=0, batch_size=16, timeout=0, split=split, domain=domain, threads=cfg.threads,
+            )
+            summary = run_extraction(ecfg, progress=progress, store=store)
+            if summary.failures:
+                raise RuntimeError(f"extraction of {manifest} failed for {len(summary.failures)} items: "
+                                   f"{summary.failures[:3]}")
             times[key] = time.perf_counter() - t1
-        del model
         for key, manifest, split in (("target_clips", "target_train", "train"), ("test_clips", "target_test", "test")):
             t1 = time.perf_counter()
             ecfg = ExtractConfig(

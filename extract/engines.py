@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -229,35 +230,56 @@ def _cache_for(backbone: str, weights_id: str, sampling: Sampling, clip_shape, r
     return _Cache(compiled_cache_root() / cache_key(backbone, weights_id, sampling, clip_shape, runtime))
 
 
-def _resolve_runtime(runtime: str, device: torch.device) -> tuple[str, str]:
+def plan(runtime: str, precision: str, device_type: str, flags: frozenset[str], *, openvino: bool,
+         cuda_bf16: bool = True) -> tuple[str, str, list[str]]:
+    """The runtime and precision to try on this machine, before any probe (a pure function).
+
+    Args:
+        runtime: requested runtime (``auto``, ``torch``, ``openvino``).
+        precision: requested precision (``auto``, ``fp32``, ``bf16``, ``fp16``).
+        device_type: ``cpu`` or ``cuda``.
+        flags: the CPU flags (``cpu_flags()``).
+        openvino: OpenVINO is installed.
+        cuda_bf16: the GPU computes bf16.
+
+    Returns:
+        ``(runtime, precision, reasons)``.
+
+    Raises:
+        EngineError: a runtime or precision that cannot run here, saying what to use instead.
+    """
+    if runtime not in RUNTIMES:
+        raise EngineError(f"runtime {runtime!r} is not one of {list(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise EngineError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    reasons = []
     if runtime == "auto":
-        if device.type == "cuda":
-            return "torch", "CUDA device: torch"
-        if openvino_version() is not None:
-            return "openvino", "CPU: OpenVINO (faster than torch eager at equal values)"
-        return "torch", "CPU without OpenVINO installed: torch"
-    if runtime == "openvino":
-        if device.type != "cpu":
+        if device_type == "cuda":
+            runtime, why = "torch", "CUDA device: torch"
+        elif openvino:
+            runtime, why = "openvino", "CPU: OpenVINO (faster than torch eager at equal values)"
+        else:
+            runtime, why = "torch", "CPU without OpenVINO installed: torch"
+        reasons.append(why)
+    else:
+        if runtime == "openvino" and device_type != "cpu":
             raise EngineError("runtime 'openvino' runs on the CPU here; use --device cpu or --runtime torch")
-        if openvino_version() is None:
+        if runtime == "openvino" and not openvino:
             raise EngineError("runtime 'openvino' requested but the openvino package is not installed "
-                                "(pip install openvino), or use --runtime torch")
-    return runtime, "requested"
-
-
-def _auto_precision(device: torch.device, flags: frozenset[str]) -> str:
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_native("bf16", flags) else "fp32"
-
-
-def _check_precision(precision: str, device: torch.device, flags: frozenset[str]) -> None:
-    if precision == "fp32" or device.type == "cuda":
-        return
-    if not cpu_native(precision, flags):
+                              "(pip install openvino), or use --runtime torch")
+        reasons.append(f"{runtime} requested")
+    if precision == "auto":
+        if device_type == "cuda":
+            precision = "bf16" if cuda_bf16 else "fp16"
+        else:
+            precision = "bf16" if cpu_native("bf16", flags) else "fp32"
+            if precision == "fp32":
+                reasons.append("fp32: no native bf16 on this CPU")
+    elif device_type == "cpu" and not cpu_native(precision, flags):
         need = "avx512_bf16 or amx_bf16" if precision == "bf16" else "avx512_fp16 or amx_fp16"
         raise EngineError(f"precision {precision!r}: this CPU has no native {precision} ({need} not in its "
-                            f"flags); use --precision fp32 or auto")
+                          f"flags); use --precision fp32 or auto")
+    return runtime, precision, reasons
 
 
 def _build(runtime: str, precision: str, fused: torch.nn.Module, sampling: Sampling, device: torch.device,
@@ -280,10 +302,7 @@ def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tu
         ov_model = core.read_model(str(xml))
         cache.meta["converted_from_cache"] = True
     else:
-        example = torch.zeros((1, *clip_shape))
-        with torch.no_grad(), _quiet_tracer():
-            ov_model = ov.convert_model(FeatureHead(model, sampling).eval(), example_input=example,
-                                        input=[ov.PartialShape([-1, *clip_shape])])
+        ov_model = _converted(model, sampling, clip_shape)
         if xml is not None:
             cache.root.mkdir(parents=True, exist_ok=True)
             tmp = cache.root / f"model.{os.getpid()}.xml"
@@ -294,6 +313,25 @@ def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tu
     if cache.root is not None:
         config["CACHE_DIR"] = str(cache.root / "blobs")
     return core.compile_model(ov_model, "CPU", config)
+
+
+# Converted models of this process, per torch model: a fallback from bf16 to fp32, verify after a
+# job, or a test running one network at two precisions converts once.
+_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _converted(model: torch.nn.Module, sampling: Sampling, clip_shape: tuple[int, ...]) -> Any:
+    """``FeatureHead(model, sampling)`` as an OpenVINO model with a dynamic batch axis."""
+    import openvino as ov
+
+    key = (sampling.endpoint, sampling.pool, sampling.keep_time, tuple(clip_shape))
+    per_model = _CONVERTED.setdefault(model, {})
+    if key not in per_model:
+        example = torch.zeros((1, *clip_shape))
+        with torch.no_grad(), _quiet_tracer():
+            traced = torch.jit.trace(FeatureHead(model, sampling).eval(), example, check_trace=False)
+            per_model[key] = ov.convert_model(traced, example_input=example, input=[ov.PartialShape([-1, *clip_shape])])
+    return per_model[key]
 
 
 @contextlib.contextmanager
@@ -341,14 +379,10 @@ def select_engine(
     Raises:
         ExtractError: a runtime or precision that cannot run on this machine.
     """
-    if runtime not in RUNTIMES:
-        raise EngineError(f"runtime {runtime!r} is not one of {list(RUNTIMES)}")
-    if precision not in PRECISIONS:
-        raise EngineError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     flags = cpu_flags()
-    rt, why = _resolve_runtime(runtime, device)
-    want = _auto_precision(device, flags) if precision == "auto" else precision
-    _check_precision(want, device, flags)
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    rt, want, reasons = plan(runtime, precision, device.type, flags, openvino=openvino_version() is not None,
+                             cuda_bf16=cuda_bf16)
     store = _cache_for(backbone, weights_id, sampling, clip_shape, rt, cache)
     versions = {"torch": torch.__version__}
     if rt == "openvino":
@@ -358,7 +392,6 @@ def select_engine(
         cpu_flags=sorted(f for f in _FLAGS_OF_INTEREST if f in flags), cpu_native_bf16=cpu_native("bf16", flags),
         versions=versions,
     )
-    reasons = [why]
     probes: dict[str, float] = dict(store.meta.get("probe_cosine", {}))
     shape_info = dict(store.meta.get("shape", {}))
     cached = bool(shape_info) and (want == "fp32" or want in probes)
@@ -377,8 +410,6 @@ def select_engine(
             engine = _build(rt, want, model, sampling, device, clip_shape, store, threads)
         else:
             reasons.append(f"{want}: native, probe cosine {probes[want]:.6f} vs torch fp32")
-    else:
-        reasons.append("fp32" + (" (no native bf16 on this CPU)" if precision == "auto" and device.type == "cpu" else ""))
     choice.cached = cached
     choice.reason = "; ".join(reasons)
     if store.root is not None:

@@ -32,14 +32,39 @@ DEMOS = {
 }
 
 
+class _RunParser(argparse.ArgumentParser):
+    """Parser of ``featbank run``: ``key=value`` words after ``--out DIR`` are overrides too."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extra = super().parse_known_args(args, namespace)
+        more = [a for a in extra if "=" in a and not a.startswith("-")]
+        if more:
+            ns.overrides = [*(getattr(ns, "overrides", None) or []), *more]
+        return ns, [a for a in extra if a not in more]
+
+
 def register(sub, groups) -> None:
     """Add ``run``, ``demo`` and ``data synth-i2v``."""
-    p = sub.add_parser("run", help="run a recipe from a YAML config (dispatch on its `recipe:` key)",
-                       description="Run a recipe: `featbank run CONFIG.yaml [key=value ...]`. The config's "
-                       f"top-level `recipe` key picks the recipe ({', '.join(sorted(RECIPES))}).")
+    parser_class = sub._parser_class  # `run` collects key=value overrides on both sides of --out
+    sub._parser_class = _RunParser
+    try:
+        p = sub.add_parser("run", help="run a recipe from a YAML config (dispatch on its `recipe:` key)",
+                           description="Run a recipe: `featbank run CONFIG.yaml [key=value ...] [--out DIR] "
+                           "[key=value ...]`. The config's top-level `recipe` key picks the recipe "
+                           f"({', '.join(sorted(RECIPES))}). Every value is checked before anything runs; a "
+                           "failed run leaves no new output folder.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="examples:\n"
+                           "  featbank run configs/experiments/cycda_synth.yaml features.store=demo_out/store.zarr\n"
+                           "  featbank run configs/experiments/cycda_synth.yaml --out runs/c2 "
+                           "features.store=demo_out/store.zarr cycles=2 seed=1\n"
+                           "  featbank run configs/experiments/cycda_synth.yaml features.store=S.zarr safeguards=false"
+                           "   # released behaviour")
+    finally:
+        sub._parser_class = parser_class
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys), e.g. cycles=2 stage1.epochs=5")
-    p.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<config name>); not a file")
     p.add_argument("--traceback", action="store_true", help="show tracebacks of user errors")
     p.set_defaults(func=cmd_run)
 
@@ -98,8 +123,17 @@ def _recipe_of(path: str) -> str:
     return recipe
 
 
+def _check_out(out: Path) -> None:
+    from featbank.experiments.config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (it is created)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = _recipe_of(args.config)
+    if args.out is not None:
+        _check_out(Path(args.out))
     module, func = RECIPES[recipe].split(":")
     import importlib
 
@@ -107,11 +141,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_cycda(args: argparse.Namespace) -> int:
+    import shutil
+
     from featbank.experiments.recipes.cycda import format_table, load_cycda_config, run_cycle
 
-    cfg = load_cycda_config(args.config, args.overrides)
+    cfg = load_cycda_config(args.config, args.overrides)  # every value checked before any stage runs
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    result = run_cycle(cfg, out, progress=True)
+    _check_out(out)
+    existed = out.exists()
+    try:
+        result = run_cycle(cfg, out, progress=True)
+    except BaseException:
+        if not existed and out.is_dir():
+            shutil.rmtree(out)  # a failed run leaves no new output folder
+        raise
     print(format_table(result))
     print(f"source-only {result['source_only_acc']:.3f} -> final {result['final_acc']:.3f}; "
           f"wrote {out / 'metrics.json'}")

@@ -621,3 +621,24 @@ def write_synthetic_view_sets(store, *, num_classes: int = 3, n_source: int = 24
                 names.append(f"v/source_bg{k}")
             out["features.source_bg"] = "[" + ",".join(names) + "]"
     return out
+
+
+def source_val_grid(data: GladData, cfg: GladConfig, lrs: tuple[float, ...], epochs: tuple[int, ...],
+                    seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
+    """Source-only mean-class accuracy on the held-out labelled SOURCE split for each (lr, epochs).
+
+    This is the only selection the recipe's small-benchmark settings went through: no target
+    data (labelled or not) is read. Returns one dict per setting, best first.
+    """
+    out = []
+    for lr in lrs:
+        for ep in epochs:
+            c = replace(cfg, train=replace(cfg.train, lr=lr, epochs=ep))
+            accs = []
+            for s in seeds:
+                head, _ = train_variant(data, c, VARIANTS[SOURCE_ONLY_ROW], s * 1000 + 2)
+                ev = evaluate(head, data.source_val, data.source_val_labels, data.num_classes)
+                accs.append(ev["mean_class_acc"])
+            out.append({"lr": lr, "epochs": ep, "source_val_mean_class_acc": float(np.mean(accs)),
+                        "per_seed": accs})
+    return sorted(out, key=lambda r: (-r["source_val_mean_class_acc"], r["lr"], r["epochs"]))

@@ -7,10 +7,10 @@ A CycDA stage can be configured (``refresh.enabled``) to:
    videos, with the stage's video pseudo labels as targets (the rest of the network is
    frozen, BatchNorm statistics included);
 2. save the backbone weights into the run folder (``refresh/<backbone>-cycle<k>.pt``);
-3. re-extract every feature set of the run that this backbone produced with the new weights
-   (job-made sets through ``run_extraction`` with their recorded config, static-frame sets
-   through ``extract_static_frames`` with their recorded sampling), into new sets named
-   ``<old name>@<new weights id[:12]>``;
+3. re-extract every feature set of the run that this backbone produced with the new weights,
+   by re-running the extraction job from the config recorded in the set's provenance (clip,
+   frame and still sets alike: the job is the only path from pixels to rows), into new sets
+   named ``<old name>@<new weights id[:12]>``;
 4. declare the new weights current (``store.set_backbone_weights``): the old sets become
    stale and ``open_set`` refuses them, so nothing can silently mix the two versions.
 
@@ -76,24 +76,25 @@ def _job_config(info) -> Mapping[str, Any] | None:
     return rec if isinstance(rec, Mapping) else None
 
 
-def _load_clips(store: FeatureStore, clip_set: str, video_ids: list[str], spec: BackboneSpec, clip_len: int,
-                fps: float | None) -> torch.Tensor:
-    """Centre window of ``clip_len`` frames of each video, preprocessed: ``(N, C, T, h, w)``."""
-    from featbank.extract.decode import decode_video
-    from featbank.extract.transforms import preprocess
+def _load_clips(store: FeatureStore, clip_set: str, video_ids: list[str], clip_len: int) -> torch.Tensor:
+    """The centre window of ``clip_len`` frames of each video, decoded and preprocessed by the
+    extraction job's own path with the set's recorded settings: ``(N, C, T, h, w)``."""
+    from featbank.extract._stream import VideoTask
+    from featbank.extract.job import ExtractConfig, read_windows, resolve_modality
 
     fs = store.open_set(clip_set)
-    clips = []
-    for vid in video_ids:
+    tasks = []
+    for k, vid in enumerate(video_ids):
         path = fs.meta(vid).source
         if not path or not Path(path).exists():
             raise RefreshError(f"video {vid!r} of {clip_set!r}: source file {path!r} not found; the refresh needs pixels")
-        frames = decode_video(path, fps=fps).frames  # (T, H, W, C)
-        n = len(frames)
-        start = max(0, (n - clip_len) // 2)
-        idx = np.minimum(np.arange(start, start + clip_len), n - 1)  # pad short videos with the last frame
-        clips.append(preprocess(frames[idx], spec)[0])  # (T, H, W, C) -> (C, T, h, w)
-    return torch.stack(clips)
+        tasks.append(VideoTask(key=k, video_id=vid, path=path))
+    # one TSN segment = the centre window (short videos repeat their last frame)
+    cfg = ExtractConfig.from_record(_job_config(fs.info)).replace(
+        sampler="tsn", num_segments=1, clip_len=clip_len, views="center", keep_time=False, pool="avg")
+    spec = BackboneSpec.from_dict(fs.info.spec)
+    windows = read_windows(cfg, spec, cfg.sampling_for(spec), tasks, resolve_modality(cfg, spec))
+    return torch.stack([windows[v][0, 0] for v in video_ids])  # N x (C, T, h, w) -> (N, C, T, h, w)
 
 
 def finetune_backbone(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -161,23 +162,20 @@ def refresh_backbone(store: FeatureStore, set_names: Mapping[str, str], video_id
     from featbank.extract.backbones import create_backbone
     from featbank.extract.job import ExtractConfig, run_extraction
 
-    from .static_frames import ImageItem, extract_static_frames
-
     t0 = time.perf_counter()
     clip_info = store.open_set(set_names["target_clips"]).info
     rec = _job_config(clip_info)
     if not clip_info.backbone or rec is None:
         raise RefreshError(f"feature set {clip_info.name!r} has no recorded extraction job; cannot refresh its backbone")
     backbone, old_weights = clip_info.backbone, rec.get("weights")
-    spec = BackboneSpec.from_dict(clip_info.spec)
     keep = np.flatnonzero(labels >= 0)
     if cfg.max_videos:
         keep = keep[: cfg.max_videos]
     if len(keep) == 0:
         raise RefreshError("no pseudo-labelled video to fine-tune on")
     with torch.random.fork_rng():
-        model = create_backbone(backbone, weights=None if old_weights in (None, "random", "none") else old_weights)
-        clips = _load_clips(store, clip_info.name, [video_ids[i] for i in keep], spec, cfg.clip_len, spec.target_fps)
+        model = create_backbone(backbone, weights=None if old_weights in (None, "random") else old_weights)
+        clips = _load_clips(store, clip_info.name, [video_ids[i] for i in keep], cfg.clip_len)
         stats = finetune_backbone(model, clips, torch.from_numpy(labels[keep]), num_classes, cfg, seed)
     wdir = Path(out_dir) / "refresh"
     wdir.mkdir(parents=True, exist_ok=True)
@@ -193,22 +191,14 @@ def refresh_backbone(store: FeatureStore, set_names: Mapping[str, str], video_id
             continue
         new_name = f"{name.split('@')[0]}@{new_id[:12]}"
         job = _job_config(info)
-        if job is not None:
-            ecfg = ExtractConfig.from_record(job).replace(weights=str(wpath), feature_set=new_name, verify=0)
-            summary = run_extraction(ecfg, progress=progress, store=store)
-            if summary.failures:
-                raise RefreshError(f"re-extraction of {name!r} failed for {len(summary.failures)} videos: "
-                                   f"{summary.failures[:3]}")
-        elif dict(info.sampling).get("sampler") == "static_frames":
-            fs = store.open_set(name, allow_stale=True)
-            items = [ImageItem(v, m.source, m.label, m.split, m.domain) for v, m in ((v, fs.meta(v)) for v in fs.video_ids())]
-            s = dict(info.sampling)
-            sspec = BackboneSpec.from_dict(info.spec).replace(weights_id=new_id)
-            extract_static_frames(store, new_name, items, new_model, sspec, frames_per_video=int(s["frames_per_video"]),
-                                  clip_len=int(s["clip_len"]), endpoint=info.endpoint or None, dtype=info.dtype,
-                                  progress=progress, backbone=backbone)
-        else:
-            raise RefreshError(f"feature set {name!r} was produced by {backbone!r} but records no way to re-extract it")
+        if job is None:
+            raise RefreshError(f"feature set {name!r} was produced by {backbone!r} but records no extraction job, "
+                               "so it cannot be re-extracted")
+        ecfg = ExtractConfig.from_record(job).replace(weights=str(wpath), feature_set=new_name, verify=0)
+        summary = run_extraction(ecfg, progress=progress, store=store)
+        if summary.failures:
+            raise RefreshError(f"re-extraction of {name!r} failed for {len(summary.failures)} videos: "
+                               f"{summary.failures[:3]}")
         new_sets[role] = new_name
     stale = store.set_backbone_weights(backbone, new_id)
     return {"backbone": backbone, "weights": str(wpath), "weights_id": new_id, "old_weights_id": clip_info.weights_id,

@@ -29,7 +29,7 @@ from .config import (
     default_set_name,
     resolve_modality,
 )
-from .loop import consume, iterate, open_stream
+from .loop import consume, iterate, open_stream, read_windows
 from .provenance import set_info, settings_differences
 from .report import ExtractSummary, VerifyReport
 from .run import run_extraction
@@ -71,6 +71,7 @@ __all__ = [
     "load_tasks",
     "open_stream",
     "prepare_engine",
+    "read_windows",
     "probe_pipeline",
     "probe_rows",
     "resolve_device",

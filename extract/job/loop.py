@@ -117,3 +117,31 @@ def iterate(
 ) -> float:
     """Decode ``tasks`` in workers and extract them (``_open_stream`` + ``_consume``)."""
     return consume(cfg, pipe, tasks, open_stream(cfg, pipe, tasks, workers), on_rows, on_failure, on_frames)
+
+
+def read_windows(cfg: ExtractConfig, spec: Any, sampling: Any, tasks: Sequence[Any], modality: str = "rgb") -> dict:
+    """Decode and preprocess the windows of ``tasks`` through the job's decoding path, without a
+    model (e.g. clips to fine-tune a backbone on): ``{video_id: (W, V, C, L, h, w)}``.
+
+    Raises:
+        ExtractError: naming the first video that could not be read.
+    """
+    import torch
+
+    from .._stream import ClipChunk, StreamOptions, VideoEnd, VideoFailed, WindowStream
+    from ..errors import ExtractError
+
+    opts = StreamOptions(spec=spec, sampling=sampling, modality=modality, decoder=cfg.decoder, timeout_s=cfg.timeout,
+                         chunk_frames=cfg.chunk_frames)
+    by_key = {t.key: t for t in tasks}
+    parts: dict[int, list] = {}
+    out = {}
+    for item in WindowStream(tasks, opts):
+        if isinstance(item, ClipChunk):
+            parts.setdefault(item.key, []).append(item.clips)
+        elif isinstance(item, VideoEnd):
+            chunks = parts.pop(item.key, [])
+            out[by_key[item.key].video_id] = torch.cat(chunks) if chunks else torch.zeros((0, sampling.n_views, 0))
+        elif isinstance(item, VideoFailed):
+            raise ExtractError(f"video {item.video_id!r}: {item.message}")
+    return out

@@ -69,7 +69,7 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
 # decoder versions, workers, the runtime (torch and OpenVINO fp32 agree to 1e-6) may differ.
 _FIXED_INFO = ("backbone", "weights_id", "endpoint", "row_shape", "dtype", "level")
 _FIXED_SAMPLING = ("sampler", "clip_len", "stride", "frame_stride", "fps", "fps_policy", "views", "last",
-                   "num_segments", "keep_time", "pool", "precision", "static_frames")
+                   "num_segments", "keep_time", "pool", "precision")
 
 
 def settings_differences(old: FeatureSetInfo, new: FeatureSetInfo) -> list[str]:
