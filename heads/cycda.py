@@ -1,8 +1,12 @@
 """CycDA heads over cached features: the image model, the video model, the class-aware loss.
 
 * :class:`CycdaImageHead` (stages 1 and 3): ``Linear(D, 128)`` embedding, then the
-  classifier MLP ``128 -> 128 -> C`` with ReLU. The 128-d embedding feeds the domain
-  discriminator (stage 1) and the class-aware contrastive loss (stage 3).
+  classifier MLP ``128 -> 128 -> C`` with ReLU, as released: no activation or dropout
+  between the embedding and the classifier (``pre_activation=True`` adds the ReLU + dropout
+  earlier versions of this module had). The 128-d embedding feeds the domain discriminator
+  (stage 1) and the class-aware contrastive loss (stage 3).
+* Both heads initialise their linear layers as released: weights ``normal(0, 0.01)``, bias 0
+  (``init_std=None`` keeps PyTorch's default initialisation).
 * :class:`CycdaVideoHead` (stages 2 and 4): per-clip ``Linear(D, hidden) + ReLU``,
   temporal pooling over the clips of a video (masked mean, or attention), ``Linear -> C``.
 * :class:`ClassAwareContrastiveLoss` (stage 3): each target frame embedding against one
@@ -30,12 +34,30 @@ class HeadOutput(NamedTuple):
     embed: torch.Tensor  # (B, E)
 
 
-def _ce_loss(out: HeadOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Cross entropy over labelled rows (``-1`` = no label; zero loss if none is labelled)."""
+def _ce_loss(out: HeadOutput, targets: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Cross entropy over labelled rows (``-1`` = no label; zero loss if none is labelled).
+
+    ``weight`` ``(C,)``: per-class weights (e.g. inverse pseudo-label frequency).
+    """
     labels = targets.long()
     if bool((labels >= 0).any()):
-        return {"ce": F.cross_entropy(out.logits, labels, ignore_index=-1)}
+        return {"ce": F.cross_entropy(out.logits, labels, weight=weight, ignore_index=-1)}
     return {"ce": out.logits.sum() * 0.0}
+
+
+def init_linear_normal(module: nn.Module, std: float | None = 0.01) -> nn.Module:
+    """Released CycDA initialisation: every ``nn.Linear`` weight ~ normal(0, ``std``), bias 0.
+
+    ``std=None`` leaves PyTorch's default. Returns ``module``.
+    """
+    if std is None:
+        return module
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
 
 
 class CycdaImageHead(nn.Module):
@@ -46,19 +68,21 @@ class CycdaImageHead(nn.Module):
         num_classes: number of classes ``C``.
         embed_dim: width of the embedding (128 as published).
         hidden: hidden width of the classifier MLP (128 as published).
-        dropout: dropout before the classifier.
+        dropout: dropout between embedding and classifier (only with ``pre_activation``).
+        pre_activation: ReLU (+ dropout) between embedding and classifier (not released).
+        init_std: std of the normal weight init (0.01 released; ``None``: PyTorch default).
     """
 
     feats_ndim = 2  # forward takes (B, D)
 
     def __init__(self, in_features: int, num_classes: int, *, embed_dim: int = 128, hidden: int = 128,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, pre_activation: bool = False, init_std: float | None = 0.01) -> None:
         super().__init__()
         self.in_features, self.num_classes, self.embed_dim = in_features, num_classes, embed_dim
         self.project = nn.Linear(in_features, embed_dim)
-        self.classifier = nn.Sequential(
-            nn.ReLU(), nn.Dropout(dropout), nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-        )
+        pre = [nn.ReLU(), nn.Dropout(dropout)] if pre_activation else []
+        self.classifier = nn.Sequential(*pre, nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        init_linear_normal(self, init_std)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
         """The 128-d embedding: ``(B, D) -> (B, E)``."""
@@ -69,9 +93,9 @@ class CycdaImageHead(nn.Module):
         z = self.project(feats)  # (B, D) -> (B, E)
         return HeadOutput(self.classifier(z), z)
 
-    def loss(self, out: HeadOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"ce"}``: cross entropy against ``targets (B,)`` (``-1`` ignored)."""
-        return _ce_loss(out, targets)
+    def loss(self, out: HeadOutput, targets: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"ce"}``: cross entropy against ``targets (B,)`` (``-1`` ignored; optional ``(C,)`` class weights)."""
+        return _ce_loss(out, targets, weight)
 
 
 class CycdaVideoHead(nn.Module):
@@ -86,13 +110,14 @@ class CycdaVideoHead(nn.Module):
         hidden: per-clip embedding width.
         pooling: ``"mean"`` (masked temporal mean) or ``"attention"`` (learned softmax weights over clips).
         dropout: dropout on the pooled embedding.
+        init_std: std of the normal weight init (0.01 released; ``None``: PyTorch default).
     """
 
     feats_ndim = 3  # forward takes (B, T, D)
     POOLINGS = ("mean", "attention")
 
     def __init__(self, in_features: int, num_classes: int, *, hidden: int = 256, pooling: str = "mean",
-                 dropout: float = 0.5) -> None:
+                 dropout: float = 0.5, init_std: float | None = 0.01) -> None:
         super().__init__()
         if pooling not in self.POOLINGS:
             raise ValueError(f"pooling must be one of {self.POOLINGS}, got {pooling!r}")
@@ -101,6 +126,7 @@ class CycdaVideoHead(nn.Module):
         self.attn = nn.Linear(hidden, 1) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, num_classes)
+        init_linear_normal(self, init_std)
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> HeadOutput:
         """``(B, T, D)`` clip features (+ ``(B, T)`` mask) -> ``HeadOutput(logits (B, C), embed (B, H))``."""
@@ -116,9 +142,9 @@ class CycdaVideoHead(nn.Module):
             z = (h * w).sum(1)  # (B, T, H) -> (B, H)
         return HeadOutput(self.fc(self.dropout(z)), z)
 
-    def loss(self, out: HeadOutput, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"ce"}``: cross entropy against pseudo labels ``targets (B,)`` (``-1`` ignored)."""
-        return _ce_loss(out, targets)
+    def loss(self, out: HeadOutput, targets: torch.Tensor, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"ce"}``: cross entropy against pseudo labels ``targets (B,)`` (``-1`` ignored; optional class weights)."""
+        return _ce_loss(out, targets, weight)
 
 
 class ClassAwareContrastiveLoss(nn.Module):

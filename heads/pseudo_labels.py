@@ -11,13 +11,18 @@ Softmax is applied exactly once: build :class:`FramePredictions` with ``from_log
 Rules:
 
 * ``frame_v2``: per video take its highest frame confidence; choose the threshold tau so
-  that a fraction ``p`` of videos keep at least one frame (tau = the ``ceil(p * V)``-th
-  largest per-video maximum); keep frames with confidence >= tau; the video label is the
+  that a fraction ``p`` of videos keep at least one frame (tau = the ``int(p * V)``-th
+  largest per-video maximum, the released rounding; ``rounding="ceil"`` gives the
+  ``ceil(p * V)`` variant); keep frames with confidence >= tau; the video label is the
   argmax of the mean softmax over its kept frames; videos with no kept frame are dropped.
 * ``vid``: mean softmax over all frames of a video; every video is kept.
 * ``frame_v2_balanced``: ``frame_v2`` with one threshold per class (the class of a video is
   the prediction of its most confident frame; a frame is tested against the threshold of
   its own predicted class), so that a fraction ``p`` of the videos of *each* class survive.
+  A safeguard beyond the released code: a class the image model predicts is never dropped.
+* :func:`class_balanced_top` (video stages): per predicted class, the ``ceil(p * n_c)`` most
+  confident videos; every predicted class keeps at least one video (also a safeguard beyond
+  the released code, which hands all video-model labels on).
 
 Published files (interoperate with the original CycDA code; load with
 ``np.load(path, allow_pickle=True).item()``):
@@ -211,6 +216,19 @@ class VideoPseudoLabels:
         m = self.keep & (self.gt >= 0)
         return float((self.labels[m] == self.gt[m]).mean()) if m.any() else math.nan
 
+    @property
+    def classes_present(self) -> int:
+        """Number of distinct classes among the kept pseudo labels."""
+        return int(len(np.unique(self.labels[self.keep])))
+
+    def confusion(self, num_classes: int | None = None) -> np.ndarray:
+        """``(C, C)`` counts of kept videos: rows = ground truth, columns = pseudo label."""
+        c = int(num_classes or self.probs.shape[1])
+        m = self.keep & (self.gt >= 0)
+        out = np.zeros((c, c), dtype=np.int64)
+        np.add.at(out, (self.gt[m], self.labels[m]), 1)
+        return out
+
 
 def _aggregate(fp: FramePredictions, frame_mask: np.ndarray, threshold: np.ndarray, rule: str) -> VideoPseudoLabels:
     """Mean softmax over the kept frames of each video -> video pseudo labels."""
@@ -226,12 +244,26 @@ def _aggregate(fp: FramePredictions, frame_mask: np.ndarray, threshold: np.ndarr
                              np.asarray(threshold, dtype=np.float64), rule)
 
 
-def _kth_largest_threshold(values: np.ndarray, fraction: float) -> float:
-    """Threshold keeping the ``ceil(fraction * n)`` largest of ``values`` (``inf`` when empty: keeps none)."""
+ROUNDINGS = ("floor", "ceil")
+
+
+def keep_count(fraction: float, n: int, rounding: str = "ceil") -> int:
+    """How many of ``n`` items a fraction keeps: ``int(fraction * n)`` (``floor``, the released
+    ``frame_v2``) or ``ceil(fraction * n)``; at least 1 and at most ``n`` (0 when ``n`` is 0)."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if n <= 0:
+        return 0
+    k = int(fraction * n) if rounding == "floor" else math.ceil(fraction * n - 1e-9)
+    return min(n, max(1, k))
+
+
+def _kth_largest_threshold(values: np.ndarray, fraction: float, rounding: str = "ceil") -> float:
+    """Threshold keeping the ``keep_count(fraction, n)`` largest of ``values`` (``inf`` when empty: keeps none)."""
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return math.inf
-    k = min(len(finite), max(1, math.ceil(fraction * len(finite) - 1e-9)))
+    k = keep_count(fraction, len(finite), rounding)
     return float(np.partition(finite, len(finite) - k)[len(finite) - k])
 
 
@@ -240,12 +272,13 @@ def _check_fraction(keep_fraction: float) -> None:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
 
 
-def frame_v2(fp: FramePredictions, keep_fraction: float = 0.8) -> VideoPseudoLabels:
+def frame_v2(fp: FramePredictions, keep_fraction: float = 0.8, rounding: str = "floor") -> VideoPseudoLabels:
     """The published ``frame_v2`` rule (see module docstring).
 
     Args:
         fp: frame predictions.
         keep_fraction: fraction ``p`` of videos that keep at least one frame.
+        rounding: ``floor`` keeps ``int(p * V)`` videos (released), ``ceil`` keeps ``ceil(p * V)``.
 
     Returns:
         Video pseudo labels; ``threshold`` is the scalar tau.
@@ -253,7 +286,7 @@ def frame_v2(fp: FramePredictions, keep_fraction: float = 0.8) -> VideoPseudoLab
     _check_fraction(keep_fraction)
     conf = fp.conf  # (R,)
     vmax = segment_max(conf, fp.offsets)  # (V,)
-    tau = _kth_largest_threshold(vmax, keep_fraction)
+    tau = _kth_largest_threshold(vmax, keep_fraction, rounding)
     return _aggregate(fp, conf >= tau, np.asarray(tau), "frame_v2")
 
 
@@ -289,20 +322,57 @@ def vid_rule(fp: FramePredictions) -> VideoPseudoLabels:
 
 
 def video_pseudo_labels_from_probs(probs: np.ndarray, video_ids: Sequence[str], gt: np.ndarray | None = None,
-                                   keep_fraction: float = 1.0) -> VideoPseudoLabels:
+                                   keep_fraction: float = 1.0, balanced: bool = False) -> VideoPseudoLabels:
     """Pseudo labels from one softmax row per video (the video model's output, stages 2/4).
 
-    Keeps the ``ceil(keep_fraction * V)`` most confident videos.
+    Keeps the ``ceil(keep_fraction * V)`` most confident videos, or with ``balanced`` the
+    ``ceil(keep_fraction * n_c)`` most confident of each predicted class (:func:`class_balanced_top`).
     """
     check_probs(probs, "video probabilities")
     fp = FramePredictions(np.asarray(probs, np.float32), np.arange(len(video_ids) + 1), tuple(video_ids),
                           np.full(len(video_ids), -1) if gt is None else gt)
-    return frame_v2(fp, keep_fraction) if keep_fraction < 1.0 else vid_rule(fp)
+    if balanced:
+        return class_balanced_top(fp, keep_fraction)
+    return frame_v2(fp, keep_fraction, rounding="ceil") if keep_fraction < 1.0 else vid_rule(fp)
+
+
+def class_balanced_top(fp: FramePredictions, keep_fraction: float = 0.5) -> VideoPseudoLabels:
+    """Per predicted class, keep the ``ceil(keep_fraction * n_c)`` videos of highest confidence.
+
+    The label of a video is the argmax of the mean softmax over its frames (one row per video
+    for a video model). Every class that is predicted for at least one video keeps at least
+    one video, so selection never removes a class (the global threshold of ``frame_v2`` can).
+
+    Args:
+        fp: predictions (frames or one row per video).
+        keep_fraction: fraction of each predicted class's videos to keep, in (0, 1].
+
+    Returns:
+        Video pseudo labels (rule ``class_balanced_top``); ``threshold`` is ``(C,)`` per class.
+    """
+    _check_fraction(keep_fraction)
+    agg = vid_rule(fp)  # mean softmax per video
+    keep = np.zeros(fp.num_videos, dtype=bool)
+    tau = np.full(fp.num_classes, math.inf)
+    for c in np.unique(agg.labels[agg.labels >= 0]):
+        idx = np.flatnonzero(agg.labels == c)
+        k = keep_count(keep_fraction, len(idx), "ceil")
+        top = idx[np.argsort(-agg.conf[idx], kind="stable")[:k]]
+        keep[top] = True
+        tau[c] = float(agg.conf[top].min())
+    labels = np.where(keep, agg.labels, -1).astype(np.int64)
+    frame_mask = np.repeat(keep, fp.n_frames)
+    return VideoPseudoLabels(fp.video_ids, labels, np.where(keep, agg.conf, 0.0).astype(np.float32),
+                             np.where(keep[:, None], agg.probs, 0.0).astype(np.float32),
+                             np.where(keep, agg.n_frames, 0), fp.labels.copy(), frame_mask, tau,
+                             "class_balanced_top")
 
 
 RULES: dict[str, Callable[..., VideoPseudoLabels]] = {
     "frame_v2": frame_v2,
+    "frame_v2_ceil": lambda fp, keep_fraction=0.8: frame_v2(fp, keep_fraction, rounding="ceil"),
     "frame_v2_balanced": frame_v2_balanced,
+    "class_balanced_top": class_balanced_top,
     "vid": lambda fp, keep_fraction=1.0: vid_rule(fp),
 }
 
