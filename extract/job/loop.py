@@ -57,6 +57,7 @@ def consume(
     on_rows: Callable[[Any, VideoRows, VideoMeta], None],
     on_failure: Callable[[Any, str, str], None],
     on_frames: Callable[[int], None] = lambda n: None,
+    on_batch: Callable[[], None] = lambda: None,
 ) -> float:
     """Batch the stream's windows across videos, run the model, hand finished rows over.
 
@@ -71,8 +72,9 @@ def consume(
     by_key = {t.key: t for t in tasks}
 
     def run_batch(clips: torch.Tensor) -> torch.Tensor:
-        # (B, V, C, L, h, w) -> (B, R, V, *F)
-        return pipe.engine(clips)
+        out = pipe.engine(clips)  # (B, V, C, L, h, w) -> (B, R, V, *F)
+        on_batch()
+        return out
 
     def done(end: VideoEnd, outputs: torch.Tensor | None) -> None:
         task = by_key[end.key]

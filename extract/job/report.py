@@ -20,6 +20,8 @@ class ExtractSummary:
         n_frames: source frames decoded.
         seconds: wall time of the extraction loop.
         wait_seconds: part of it the model side spent waiting for decoded windows.
+        startup_seconds: from the call of ``run_extraction`` to the end of the first model call
+            (manifest, model build, engine set-up, set creation, first decoded windows).
         failures: ``(video_id, kind, message)`` of each failed video.
         verify: the ``VerifyReport`` when ``cfg.verify`` > 0.
     """
@@ -35,6 +37,7 @@ class ExtractSummary:
     compacted: bool = False
     seconds: float = 0.0
     wait_seconds: float = 0.0
+    startup_seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     verify: "VerifyReport | None" = None
 
@@ -54,7 +57,8 @@ class ExtractSummary:
             f"feature set {self.feature_set!r} in {self.store} (shard {self.shard[0]}/{self.shard[1]}): "
             f"{self.n_written} written, {self.n_skipped} already committed, {len(self.failures)} failed "
             f"of {self.n_videos} videos; {self.n_rows} rows, {self.n_frames} frames in {self.seconds:.1f}s "
-            f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding)"
+            f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding; first batch computed "
+            f"{self.startup_seconds:.1f}s after start)"
             + ("; compacted" if self.compacted else "")
         ]
         for vid, kind, msg in self.failures:

@@ -50,10 +50,11 @@ def run_extraction(cfg: ExtractConfig, *, progress: bool = True, store: Any = No
         ManifestError: a malformed manifest (before any work).
         ConfigError / ExtractError / StoreError: bad configuration, backbone, weights or store.
     """
+    started = time.perf_counter()
     tasks_all = load_tasks(cfg)  # manifest errors surface before the model is built
     rank, world, dist = init_distributed()
     try:
-        return _run_shard(cfg, tasks_all, rank, world, dist, progress=progress, store=store)
+        return _run_shard(cfg, tasks_all, rank, world, dist, progress=progress, store=store, started=started)
     finally:
         if isinstance(dist, OwnedGroup):
             dist.destroy()
@@ -76,7 +77,7 @@ def check_same_settings(old: Any, new: Any) -> None:
 
 
 def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist: Any, *, progress: bool,
-               store: Any) -> ExtractSummary:
+               store: Any, started: float) -> ExtractSummary:
     """``run_extraction`` for one process: its shard of ``tasks_all`` into the store."""
     s_index, s_count = resolve_shard(cfg.shard)
     index, count = s_index * world + rank, s_count * world
@@ -134,7 +135,11 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
         def on_frames(n: int) -> None:
             summary.n_frames += n
 
-        summary.wait_seconds = consume(cfg, pipe, todo, items, on_rows, on_failure, on_frames)
+        def on_batch() -> None:
+            if not summary.startup_seconds:
+                summary.startup_seconds = time.perf_counter() - started
+
+        summary.wait_seconds = consume(cfg, pipe, todo, items, on_rows, on_failure, on_frames, on_batch)
         summary.seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
