@@ -197,6 +197,8 @@ class ZarrFeatureSet(FeatureSet):
                     switched = True
                 if switched and g not in live:
                     live.append(g)
+            if live and files.exists(f"{key}/_index/CURRENT"):
+                raise FileNotFoundError("a compaction switched generations while the index was read")  # retried
             if live:
                 state.problems.append(
                     f"{where}: the index pointer _index/CURRENT is missing, but the set was compacted "
