@@ -225,3 +225,21 @@ def test_old_store_without_checksums_stays_readable(store, capsys):
     expect_all(store)
     assert run(capsys, "store", "compact", str(store))[0] == 0
     expect_all(store)
+
+
+def test_old_compacted_store_without_checksums_stays_readable(compacted, capsys):
+    """A compacted index written before checksums: no crc in CURRENT, the document or the npz."""
+    idx = compacted / SET / "_index"
+    gen = json.loads((idx / "CURRENT").read_text())["gen"]
+    (idx / "CURRENT").write_text(json.dumps({"gen": gen}))
+    doc = json.loads((idx / f"{gen}.json").read_text())
+    doc.pop("npz_crc"), doc.pop("meta_crc")
+    (idx / f"{gen}.json").write_text(json.dumps(doc))
+    with np.load(idx / f"{gen}.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "crc"}
+    with open(idx / f"{gen}.npz", "wb") as f:
+        np.savez(f, **arrays)
+    os.remove(next((compacted / SET / "segments").glob("c-*/featbank_live")))
+    code, out, _ = run(capsys, "store", "validate", str(compacted))
+    assert code == 0 and "sound" in out and "no checksums" in out and f"{N} of {N} video(s) carry no checksum" in out
+    expect_all(compacted)
