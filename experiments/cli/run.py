@@ -72,7 +72,12 @@ def register(sub, groups) -> None:
                        description="The end-to-end demo of a recipe on a generated benchmark: real files, real "
                        "Kinetics-400 I3D weights, features cached in a Zarr store, heads trained over several "
                        "seeds; prints a table and writes OUT/results.json. Each fits 10 minutes on 2 CPU cores.",
-                       epilog="example: featbank demo --recipe cycda --out demo_out --seed 0")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  featbank demo                                # cycda: benchmark v2, "
+                       "I3D features once, the cycle over 5 training seeds\n"
+                       "  featbank demo --out demo_out --seed 1         # another benchmark seed (training seeds 1..5)\n"
+                       "  featbank demo --out demo_out safeguards=false # the released CycDA behaviour on the "
+                       "same store\n  featbank demo --recipe cfb --out demo_cfb")
     d.add_argument("--recipe", default="cycda", choices=sorted(DEMOS), help="which recipe (default: cycda)")
     d.add_argument("--out", default=None, help="output folder (default: demo_out for cycda, demo_out_RECIPE otherwise)")
     d.add_argument("--seed", type=int, default=0, help="benchmark and training seed")
@@ -175,10 +180,15 @@ def _demo_cycda(args: argparse.Namespace) -> int:
 
     from featbank.experiments.demo import DemoConfig, run_demo
 
+    import sys
+
+    from featbank.experiments.recipes.cycda import load_cycda_config
+
     base = DemoConfig()
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, seed=args.seed), threads=args.threads,
                               cycle_overrides=tuple(args.overrides))
-    run_demo(args.out, cfg, progress=not args.no_progress)
+    load_cycda_config(cfg.cycle_config or None, list(cfg.cycle_overrides))  # bad overrides fail before any work
+    run_demo(args.out, cfg, progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
 
