@@ -3,6 +3,7 @@ weights, retrieval R@k through the faiss bank vs a brute-force count, the tempor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -22,7 +23,9 @@ from featbank.experiments.recipes.ssl import (
     pretrain_pixels,
     render_temporal_cam,
     sample_frame_indices,
+    train_cached,
 )
+from featbank.experiments.config import ConfigError
 from featbank.extract.backbones import create_backbone
 from featbank.heads.ssl import TemporalCueHead
 
@@ -174,3 +177,37 @@ def test_cli_temporal_cam(tmp_path):
                           str(tmp_path / "nope.csv"), "--manifest", str(manifest), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "nope.csv" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cached_mode_trains_projections_on_stored_levels(tmp_path):
+    """Three keep_time sets (one row per time step) + the global-view sets -> train_cached."""
+    from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
+
+    rng = np.random.default_rng(0)
+    steps = {"low": 8, "mid": 4, "high": 2}
+    chans = {"low": 8, "mid": 12, "high": 16}
+    sets, gsets = {}, {}
+    with open_store(str(tmp_path / "c.zarr"), mode="w") as store:
+        for lv in ("low", "mid", "high"):
+            for kind, n_clips, target in (("local", 2, sets), ("global", 1, gsets)):
+                name = f"toy/{lv}/{kind}"
+                target[lv] = name
+                fs = store.create_set(FeatureSetInfo(name=name, row_shape=(chans[lv],), dtype="float32",
+                                                     backbone="toy", weights_id="ab" * 32))
+                for v in range(6):
+                    n = n_clips * steps[lv]
+                    t = np.arange(n, dtype=np.float64)
+                    fs.write_video(VideoRows(rng.normal(size=(n, chans[lv])), t, t + 1),
+                                   VideoMeta(f"v{v}", labels=(v % 2,), split="train", fps=8.0))
+    cfg = load_ssl_config(REPO / "configs/experiments/ssl_cached.yaml",
+                          [f"store={tmp_path / 'c.zarr'}", "optim.epochs=2", "optim.batch_size=3", "prototypes=4",
+                           "queue=6", "queue_start_epoch=1", "graph_start_epoch=1"])
+    cfg = dataclasses.replace(cfg, sets=sets, global_sets=gsets)
+    res = train_cached(cfg, tmp_path / "run")
+    assert res["videos"] == 6 and len(res["history"]) == 2
+    last = res["history"][-1]
+    assert all(np.isfinite(last[k]) for k in ("loss", "lhigh", "lfine", "lfmid", "lflow", "lsd", "lgraph"))
+    assert last["lgraph"] > 0 and (tmp_path / "run" / "head.pt").is_file()
+    bad = dataclasses.replace(cfg, sets={"low": sets["low"]})
+    with pytest.raises(ConfigError, match="levels"):
+        train_cached(bad, tmp_path / "bad")

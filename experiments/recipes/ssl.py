@@ -377,15 +377,16 @@ def pretrain_pixels(cfg: SSLConfig, out: str | Path, *, progress: bool = False) 
 
 # ---------------------------------------------------------------------------------------- cached
 def load_level_clips(store, sets: dict[str, str], *, split: str | None = None, clip_len: int = 16,
-                     stride: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+                     stride: dict[str, int] | None = None, n_clips: int = 2) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Per-level ``(C, T)`` clips from sets extracted with ``keep_time`` (one row per time step).
 
-    A video with rows of ``n`` clips of ``T_level`` steps each gives ``(n, C, T_level)``; the
-    first two clips (frames 0:16, 16:32) are the local views. ``T_level = clip_len / stride``
+    A video with rows of ``n`` clips of ``T_level`` steps each gives its first ``n_clips`` clips
+    ``(n_clips, C, T_level)``: with clip length 16 and stride 16 the first two (frames 0:16,
+    16:32) are the local views; a set sampled at every 2nd frame gives the global view (``n_clips=1``). ``T_level = clip_len / stride``
     (R3D-18: layer2 2, layer3 4, layer4 8).
 
     Returns:
-        ``({level: (V, 2, C, T)}, video_ids)`` for the videos having at least two clips.
+        ``({level: (V, n_clips, C, T)}, video_ids)`` for the videos having at least ``n_clips`` clips.
     """
     from featbank.store.dataset import load_rows
 
@@ -398,13 +399,16 @@ def load_level_clips(store, sets: dict[str, str], *, split: str | None = None, c
         clips, vid = [], []
         for i, v in enumerate(rows.video_ids):
             f = rows.video(i).float()  # (n*T, C)
-            if f.shape[0] < 2 * t:
+            if f.shape[0] < n_clips * t:
                 continue
-            clips.append(f[: 2 * t].reshape(2, t, -1).transpose(1, 2))  # (2, C, T)
+            clips.append(f[: n_clips * t].reshape(n_clips, t, -1).transpose(1, 2))  # (n_clips, C, T)
             vid.append(v)
         if ids is not None and vid != ids:
             raise ConfigError(f"ssl: the level sets hold different videos ({sets})")
         ids = vid
+        if not clips:
+            raise ConfigError(f"ssl cached: no video of set {sets[lv]!r} has {n_clips} clips of {t} time steps "
+                              "(extract with keep_time, clip_len 16)")
         out[lv] = clips
     return {lv: torch.stack(c) for lv, c in out.items()}, list(ids or [])
 
@@ -425,12 +429,12 @@ def train_cached(cfg: SSLConfig, out: str | Path, *, progress: bool = False) -> 
     store = open_store(cfg.store, "r")
     try:
         local, ids = load_level_clips(store, cfg.sets, clip_len=cfg.clip_len)
-        glob, gids = load_level_clips(store, cfg.global_sets, clip_len=cfg.clip_len)
+        glob, gids = load_level_clips(store, cfg.global_sets, clip_len=cfg.clip_len, n_clips=1)
     finally:
         store.close()
     common = [i for i, v in enumerate(ids) if v in set(gids)]
     gpos = {v: i for i, v in enumerate(gids)}
-    feats = {lv: torch.cat([local[lv][common], glob[lv][[gpos[ids[i]] for i in common]][:, :1]], 1)
+    feats = {lv: torch.cat([local[lv][common], glob[lv][[gpos[ids[i]] for i in common]]], 1)
              for lv in LEVELS}  # (V, 3, C, T)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
