@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -183,3 +184,21 @@ def test_naive_port_has_pytorch_i3d_key_layout():
             "Mixed_3b.b1b.bn.running_var", "Mixed_5c.b3b.conv3d.weight", "logits.conv3d.weight",
             "logits.conv3d.bias"} <= keys
     assert keys == set(create_backbone("i3d-rgb", weights=None).state_dict())
+
+
+def test_fused_for_inference_is_part_of_the_contract(built):
+    """Every backbone declares fused_for_inference: same function, same spec, no grads, and a copy
+    unless inplace (the job converts the model it owns in place)."""
+    name, model = built
+    x = _input(name, model, batch=2)
+    with torch.no_grad():
+        want = model.forward_head(model.forward_features(x))
+        fused = model.fused_for_inference(channels_last=True)
+        assert fused is not model and fused.spec == model.spec and not fused.training
+        assert not any(p.requires_grad for p in fused.parameters())
+        assert any(p.requires_grad for p in model.parameters())  # the original is untouched
+        got = fused.forward_head(fused.forward_features(x))
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-3)
+        same = copy.deepcopy(model)
+        assert same.fused_for_inference(inplace=True) is same
+    assert isinstance(type(model).cpu_channels_last, bool)

@@ -76,7 +76,7 @@ def test_classify_cli_reports_each_video_and_skips_bad_ones(tmp_path, capsys):
     video, bad = tmp_path / "ok.mp4", tmp_path / "broken.mp4"
     _write_video(video)
     bad.write_text("this is not a video")
-    code = main(["classify", str(video), str(bad), "--weights", "none", "--json", "--top", "5"])
+    code = main(["classify", str(video), str(bad), "--weights", "random", "--json", "--top", "5"])
     out, err = capsys.readouterr()
     assert code == 2
     preds = json.loads(out)
@@ -87,12 +87,27 @@ def test_classify_cli_reports_each_video_and_skips_bad_ones(tmp_path, capsys):
     assert logits == sorted(logits, reverse=True)
     assert all(0.0 < t["prob"] <= 1.0 for t in top5) and sum(t["prob"] for t in top5) <= 1.0 + 1e-6
     assert "broken.mp4" in err and "1 of 2 videos failed" in err
-    assert main(["classify", str(video), "--weights", "none"]) == 0
+    assert main(["classify", str(video), "--weights", "random"]) == 0
     assert str(video) in capsys.readouterr().out
 
 
 def test_classify_needs_a_400_class_head(tmp_path, capsys):
     video = tmp_path / "ok.mp4"
     _write_video(video, n_frames=2)
-    assert main(["classify", str(video), "--backbone", "resnet18"]) == 1  # one-line user error
+    assert main(["classify", str(video), "--backbone", "resnet18", "--weights", "random"]) == 1  # one-line user error
     assert "classify needs a Kinetics-400 classifier" in capsys.readouterr().err
+
+
+def test_classify_refuses_silent_random_weights_and_bad_arguments(tmp_path, capsys):
+    video = tmp_path / "ok.mp4"
+    _write_video(video, n_frames=2)
+    assert main(["classify", str(video), "--backbone", "x3d-xs"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no published weights here" in err[0] and "--weights random" in err[0]
+    assert main(["classify", str(video), "--weights", "none"]) == 1
+    assert "random weights are spelled 'random'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["classify", str(video), "--backend", "bogus"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --backend: invalid choice: 'bogus'" in err and "Traceback" not in err
