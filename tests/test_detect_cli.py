@@ -90,3 +90,29 @@ def test_import_coarse_fine_layout_and_npy_sequences(tmp_path):
 
         with pytest.raises(LayoutError, match="bad.npy"):
             import_npy_sequences(store, npy, "i3d/seq2")
+
+
+@pytest.mark.slow
+def test_x3d_levels_extracted_on_one_time_grid(tmp_path):
+    """Several X3D endpoints per time step (random weights), one set per level, rows aligned."""
+    from featbank.experiments.data.synth_i2v import write_mp4
+    from featbank.experiments.recipes.detect import extract_levels
+    from featbank.extract.job import ExtractConfig
+    from featbank.store import open_store
+
+    rng = np.random.default_rng(0)
+    write_mp4(tmp_path / "v0.mp4", rng.integers(0, 255, (20, 48, 48, 3), dtype=np.uint8), 8)
+    (tmp_path / "m.txt").write_text("v0.mp4,20\n")
+    ecfg = ExtractConfig(manifest=str(tmp_path / "m.txt"), manifest_format="csv", store=str(tmp_path / "s.zarr"),
+                         feature_set="x3d-m/levels", backbone="x3d-m", weights="random", sampler="sliding",
+                         clip_len=4, stride=8, frame_stride=2, fps="source", resize=48, crop=48, keep_time=True,
+                         pool="avg", workers=0, timeout=0, device="cpu", threads=1, split="train")
+    sets = extract_levels(ecfg, ("layer1", "layer4", "conv5"))
+    with open_store(str(tmp_path / "s.zarr"), "r") as store:
+        rows = {lv: store.open_set(name).read("v0") for lv, name in sets.items()}
+    assert rows["layer1"].feats.shape[1] == 24 and rows["layer4"].feats.shape[1] == 192
+    n = len(rows["layer1"].feats)
+    assert n >= 8  # several windows, 4 kept steps each (rows past the video's end are dropped)
+    for r in rows.values():
+        assert len(r.feats) == n and r.feats.dtype == np.float16
+        np.testing.assert_array_equal(r.starts, rows["layer1"].starts)

@@ -48,6 +48,8 @@ class DetectFeatures:
         classes: ``classes.txt`` (``cNNN name`` lines) or empty (then ``num_classes``).
         num_classes: number of classes when no class file is given.
         max_len: cap on steps per video (longer videos are uniformly subsampled).
+        levels: extra feature sets on the same time grid (e.g. X3D ``res2..res5`` per step) that
+            the Coarse-Fine head aligns to its coarse steps as fine levels (other heads ignore them).
     """
 
     store: str = ""
@@ -59,6 +61,7 @@ class DetectFeatures:
     classes: str = ""
     num_classes: int = 0
     max_len: int = 512
+    levels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,11 +144,13 @@ class Split:
     video_ids: tuple[str, ...]
     lengths: np.ndarray  # (V,) annotated video lengths (seconds)
     segments: list  # per video [(s, e, c)]
+    levels: list = field(default_factory=list)  # extra fine levels, each (V, T, D_l)
 
     def subset(self, idx: np.ndarray) -> "Split":
         t = torch.from_numpy(np.asarray(idx, np.int64))
         return Split(self.feats[t], self.mask[t], self.targets[t], self.starts[idx], self.ends[idx],
-                     tuple(self.video_ids[i] for i in idx), self.lengths[idx], [self.segments[i] for i in idx])
+                     tuple(self.video_ids[i] for i in idx), self.lengths[idx], [self.segments[i] for i in idx],
+                     [lv[t] for lv in self.levels])
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -167,23 +172,36 @@ def load_split(store, fcfg: DetectFeatures, split: str, csv: str, num_classes: i
     targets = targets_for(padded.starts, padded.ends, padded.video_ids, anns, num_classes)
     lengths = np.array([anns[v].duration for v in padded.video_ids])
     segs = [list(anns[v].segments) for v in padded.video_ids]
+    levels = []
+    for name in fcfg.levels:
+        lv = load_rows(store, name, video_ids=list(padded.video_ids), dtype=torch.float32)
+        if lv.feats.ndim != 2 or not np.array_equal(lv.n_rows, rows.n_rows):
+            raise ConfigError(f"level {name!r}: needs one vector per step on the time grid of {fcfg.set!r} "
+                              f"(rows per video {lv.n_rows[:4].tolist()}... vs {rows.n_rows[:4].tolist()}...)")
+        levels.append(pad_sequences(lv, fcfg.max_len).feats)
     return Split(padded.feats, padded.mask, torch.from_numpy(targets), padded.starts, padded.ends,
-                 padded.video_ids, lengths, segs)
+                 padded.video_ids, lengths, segs, levels)
 
 
 def standardise(train: Split, *others: Split) -> None:
     """Per-dimension standardisation with the TRAIN statistics (in place, padding stays 0)."""
     m = train.mask
-    x = train.feats[m]
-    mu, sd = x.mean(0), x.std(0).clamp(min=1e-4)
+
+    def stats(x):
+        return x[m].mean(0), x[m].std(0).clamp(min=1e-4)
+
+    mu, sd = stats(train.feats)
+    lv_stats = [stats(lv) for lv in train.levels]
     for s in (train, *others):
         s.feats = ((s.feats - mu) / sd) * s.mask[..., None]
+        s.levels = [((lv - a) / b) * s.mask[..., None] for lv, (a, b) in zip(s.levels, lv_stats)]
 
 
 # ---- heads, training, evaluation --------------------------------------------------------------
 
 
-def build_head(name: str, dim: int, num_classes: int, hidden: int, pdan_hidden: int = 512):
+def build_head(name: str, dim: int, num_classes: int, hidden: int, pdan_hidden: int = 512,
+               level_dims: Sequence[int] = ()):
     from featbank.heads.detect import CoarseFineHead, FineOnlyHead, PDANHead
 
     if name == "fine":
@@ -191,27 +209,37 @@ def build_head(name: str, dim: int, num_classes: int, hidden: int, pdan_hidden: 
     if name == "pdan":
         return PDANHead(dim, num_classes, hidden=pdan_hidden)
     if name == "coarse-fine":
-        return CoarseFineHead(dim, num_classes, hidden=hidden)
+        return CoarseFineHead(dim, num_classes, hidden=hidden, level_dims=tuple(level_dims))
     raise ConfigError(f"unknown head {name!r}; choose from {list(HEAD_NAMES)}")
 
 
 def _train(head, data: Split, targets: torch.Tensor, cfg: OptimConfig, seed: int, *, augment=None,
            out_dir: Path | None = None, desc: str = "detect") -> list[dict]:
+    dims = [int(data.feats.shape[-1])] + [int(lv.shape[-1]) for lv in data.levels]
+    cat = torch.cat([data.feats, *data.levels], -1) if data.levels else data.feats  # (V, T, sum D)
+
     def batches(epoch: int, gen: torch.Generator):
-        return minibatches((data.feats, data.mask, targets), cfg.batch_size, gen)
+        return minibatches((cat, data.mask, targets), cfg.batch_size, gen)
 
     aug_gen = torch.Generator().manual_seed(seed + 7919)
 
     def step(batch):
         x, m, y = batch
-        if augment is not None:
+        if augment is not None:  # one time transform for the main set and every level
             x, y = augment(x, y, aug_gen, m)
-        out = head(x, m)
+        x, *levels = torch.split(x, dims, -1)
+        out = _forward(head, x, m, levels)
         losses = head.loss(out, y, m)
         losses["loss"] = sum(losses.values())
         return losses
 
     return fit(head, step, batches, cfg, seed=seed, out_dir=out_dir, desc=desc).history
+
+
+def _forward(head, x, m, levels):
+    from featbank.heads.detect import CoarseFineHead
+
+    return head(x, m, levels) if isinstance(head, CoarseFineHead) and levels else head(x, m)
 
 
 @torch.no_grad()
@@ -220,7 +248,8 @@ def predict(head, data: Split, batch: int = 16) -> list[np.ndarray]:
     head.eval()
     out = []
     for i in range(0, len(data.feats), batch):
-        p = torch.sigmoid(head(data.feats[i:i + batch], data.mask[i:i + batch]).step_logits)
+        lv = [x[i:i + batch] for x in data.levels]
+        p = torch.sigmoid(_forward(head, data.feats[i:i + batch], data.mask[i:i + batch], lv).step_logits)
         for j in range(len(p)):
             out.append(p[j][data.mask[i + j]].numpy())
     return out
@@ -294,16 +323,17 @@ def run_one(name: str, ssdet: bool, train: Split, test: Split | None, num_classe
     """Train one head (optionally after the SSDet pretext); returns the head and its test metrics."""
     seed_everything(seed)
     dim = int(train.feats.shape[-1])
+    level_dims = [int(lv.shape[-1]) for lv in train.levels]
     optim = replace(cfg.optim, lr=lr)
     if ssdet:
-        head = build_head(name, dim, num_classes + 1, cfg.hidden, cfg.pdan_hidden)  # background output last
+        head = build_head(name, dim, num_classes + 1, cfg.hidden, cfg.pdan_hidden, level_dims)  # background last
         pre = replace(optim, epochs=cfg.pretext.epochs, lr=cfg.pretext.lr or lr,
                       milestones=tuple(m for m in optim.milestones if m < cfg.pretext.epochs))
         _train(head, train, video_pseudo_targets(train), pre, seed, augment=_ssdet_augment(cfg.pretext),
                out_dir=out_dir, desc=f"{name}-pretext")
         head.replace_classifier(num_classes)
     else:
-        head = build_head(name, dim, num_classes, cfg.hidden, cfg.pdan_hidden)
+        head = build_head(name, dim, num_classes, cfg.hidden, cfg.pdan_hidden, level_dims)
     _train(head, train, train.targets, optim, seed, out_dir=out_dir, desc=name)
     if test is None:
         return head, {}
@@ -503,3 +533,39 @@ def run_demo(out: str | Path, *, seed: int = 0, threads: int = 2, overrides: Seq
     print(f"fine-only {res['source_only_acc']:.3f} -> coarse-fine + SSDet {res['final_acc']:.3f} Charades mAP   "
           f"({res['seconds']:.0f} s; {out / 'results.json'})", flush=True)
     return res
+
+
+# ---- multi-level X3D features (Coarse-Fine's fine levels) ---------------------------------------
+
+# Coarse-Fine's level names -> this project's X3D endpoints (pytorchvideo stage names).
+X3D_LEVELS = {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5", "conv5": "conv5"}
+
+
+def extract_levels(ecfg, levels: Sequence[str] = tuple(X3D_LEVELS), *, progress: bool = False,
+                   store: Any = None) -> dict[str, str]:
+    """Extract several endpoints per time step, one feature set per level, with the extraction job.
+
+    Each level is one run of the job with ``endpoint`` set (the job is the only loop that turns
+    pixels into rows: decoding, windows, chunked writing, failure log and resume are its). With
+    ``keep_time`` and ``pool: avg`` every set holds one vector per time step on the same time
+    grid, so they line up row for row (``DetectFeatures.levels``). ``ecfg.feature_set`` is
+    used as a prefix: level ``L`` goes to ``PREFIX/L``.
+
+    Returns:
+        ``{level: feature set name}``.
+    """
+    from featbank.extract.job import run_extraction
+
+    if not ecfg.keep_time:
+        raise ConfigError("extract_levels: set keep_time (one row per time step) so the levels share a time grid")
+    prefix = ecfg.feature_set or f"{ecfg.backbone}/levels"
+    out = {}
+    for level in levels:
+        endpoint = X3D_LEVELS.get(level, level)
+        name = f"{prefix}/{level}"
+        summary = run_extraction(ecfg.replace(endpoint=endpoint, feature_set=name), progress=progress, store=store)
+        if summary.failures:
+            raise RuntimeError(f"level {level}: extraction failed for {len(summary.failures)} videos: "
+                               f"{summary.failures[:3]}")
+        out[level] = name
+    return out
