@@ -228,6 +228,7 @@ def build_on_disk(
     )
     bank = FaissBank(merged, info, video_ids, rows_out, labels_out, store=store, allow_stale=allow_stale, gpu=False)
     bank._dir = d
+    bank.heldout_ids = hold_pos.astype(np.int64)
     bank.info = dataclasses.replace(bank.info, build_seconds=round(time.perf_counter() - t0, 3))
     bank.save(d)
     del bank, merged
