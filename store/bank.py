@@ -306,7 +306,8 @@ def _choose_auto(xb, n_total, dim, ho, metric_type, target, budget, build_budget
             c.note = (note + "; " if note else "") + f"estimated build {est_s:.0f}s, {max(left(), 0):.0f}s of the budget left"
             return
         idx, n_train, secs = _train_and_add(factory, dim, metric_type, xb, rng, train_size)
-        tuned = _auto.tune(idx, ho, target, stop_when_slow=True, min_speedup=min_speedup)
+        tuned = _auto.tune(idx, ho, target, stop_when_slow=True, min_speedup=min_speedup,
+                           exact_timer=lambda: _auto.exact_knn(ho.tune, xb, ho.k, metric_type, repeats=1)[1])
         if not tuned.slow:
             # time the index and exact search back to back (best of three each, interleaved): on a
             # shared machine the load drifts between a candidate's build and the first exact timing
