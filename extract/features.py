@@ -61,6 +61,8 @@ class Sampling:
         pool: ``"avg"`` pools space (and time unless ``keep_time``) to a vector through the
             backbone's ``forward_head``; ``"none"`` keeps the ``(C, H, W)`` map (time
             averaged unless ``keep_time``).
+        reverse: read every window's frames in reverse order (the time-reversed clip); each
+            row keeps the time span of the frames it saw.
     """
 
     sampler: str = "sliding"
@@ -74,6 +76,7 @@ class Sampling:
     endpoint: str | None = None
     keep_time: bool = False
     pool: str = "avg"
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -130,8 +133,8 @@ def window_positions(n_frames: int, sampling: Sampling) -> np.ndarray:
         pos = SAMPLERS["static"](n_frames, s.num_segments, s.clip_len)
     else:
         pos = SAMPLERS["whole"](n_frames)
-    pos = np.asarray(pos, dtype=np.int64)
-    return pos.reshape(len(pos), -1)
+    pos = np.asarray(pos, dtype=np.int64).reshape(len(pos), -1)
+    return np.ascontiguousarray(pos[:, ::-1]) if s.reverse else pos  # reverse: the clip backwards in time
 
 
 @dataclass(frozen=True, eq=False)

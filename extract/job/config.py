@@ -64,6 +64,8 @@ class ExtractConfig:
         num_segments: segments of the ``tsn`` sampler; frames per video of ``static``.
         keep_time: one row per output time step (frame-level features) instead of one per window.
         pool: ``avg`` (vectors) or ``none`` (``(C, H, W)`` maps).
+        reverse: read each window's frames in reverse order (time-reversed clips, e.g. for motion
+            contrast or an arrow-of-time probe); recorded in the set's sampling provenance.
         modality: ``rgb``, ``flow`` or ``auto`` (flow when the backbone takes 2 channels).
         decoder: decoding backend (``auto``, ``decord``, ``pyav``, ``folder``, ``image``).
         dtype: stored dtype (``float16``, ``float32``, ``bfloat16``).
@@ -115,6 +117,7 @@ class ExtractConfig:
     num_segments: int = 8
     keep_time: bool = False
     pool: PoolName = "avg"
+    reverse: bool = False
     modality: Modality = "auto"
     decoder: DecoderName = "auto"
     dtype: StoreDtype = "float16"
@@ -214,6 +217,7 @@ class ExtractConfig:
             endpoint=endpoint if endpoint is not None else self.endpoint,
             keep_time=self.keep_time,
             pool=self.pool,
+            reverse=self.reverse,
         )
 
 
@@ -231,7 +235,7 @@ def default_set_name(backbone: str, sampling: Sampling) -> str:
         "whole": "whole",
         "static": f"static{s.num_segments}x{s.clip_len}",
     }[s.sampler]
-    window += ("t" if s.keep_time else "") + ("map" if s.pool == "none" else "")
+    window += ("t" if s.keep_time else "") + ("map" if s.pool == "none" else "") + ("rev" if s.reverse else "")
     parts = [backbone, s.endpoint or "default", window]
     if s.views != "center":
         parts.append(s.views)

@@ -69,7 +69,7 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
 # decoder versions, workers, the runtime (torch and OpenVINO fp32 agree to 1e-6) may differ.
 _FIXED_INFO = ("backbone", "weights_id", "endpoint", "row_shape", "dtype", "level")
 _FIXED_SAMPLING = ("sampler", "clip_len", "stride", "frame_stride", "fps", "fps_policy", "views", "last",
-                   "num_segments", "keep_time", "pool", "precision")
+                   "num_segments", "keep_time", "pool", "precision", "reverse")
 
 
 def settings_differences(old: FeatureSetInfo, new: FeatureSetInfo) -> list[str]:
@@ -83,7 +83,7 @@ def settings_differences(old: FeatureSetInfo, new: FeatureSetInfo) -> list[str]:
     so, sn = dict(old.sampling), dict(new.sampling)
     for k in _FIXED_SAMPLING:
         if k in so or k in sn:
-            if _norm(so.get(k)) != _norm(sn.get(k)):
+            if _norm(so.get(k, False if k == "reverse" else None)) != _norm(sn.get(k, False if k == "reverse" else None)):
                 out.append(f"{k}: {so.get(k)!r} (stored) vs {sn.get(k)!r}")
     to, tn = dict(so.get("transforms") or {}), dict(sn.get("transforms") or {})
     for k in sorted(set(to) | set(tn)):
