@@ -100,6 +100,7 @@ class StreamOptions:
     decoder: str = "auto"
     timeout_s: float = 120.0
     chunk_frames: int = 256
+    flow: Any = None  # extract.flow.FlowConfig: compute flow in memory from decoded RGB frames
 
 
 def _failure(task: VideoTask, exc: BaseException) -> VideoFailed:
@@ -146,23 +147,43 @@ class _Reader:
     def __init__(self, task: VideoTask, opts: StreamOptions, safe: Any) -> None:
         self.task, self.opts, self.safe = task, opts, safe
         self.source = None
+        # with opts.flow the video is decoded as RGB and turned into 2-channel flow frames here
+        self.decode_modality = "rgb" if opts.flow is not None else opts.modality
+        self.n_frames = 0
+        self.flow_fn = None
 
     def info(self):
         if self.safe is not None:
-            return self.safe.probe(self.task.path, modality=self.opts.modality)
-        from .decode import open_video
+            info = self.safe.probe(self.task.path, modality=self.decode_modality)
+        else:
+            from .decode import open_video
 
-        with open_video(self.task.path, backend=self.opts.decoder, modality=self.opts.modality) as src:
-            return src.info
+            with open_video(self.task.path, backend=self.opts.decoder, modality=self.decode_modality) as src:
+                info = src.info
+        self.n_frames = int(info.n_frames)
+        if self.opts.flow is not None:
+            import dataclasses
 
-    def read(self, indices: np.ndarray):
+            info = dataclasses.replace(info, channels=2)
+        return info
+
+    def _read_decoded(self, indices: np.ndarray):
         if self.safe is not None:
-            return self.safe.decode(self.task.path, modality=self.opts.modality, indices=indices)
+            return self.safe.decode(self.task.path, modality=self.decode_modality, indices=indices)
         if self.source is None:
             from .decode import open_video
 
-            self.source = open_video(self.task.path, backend=self.opts.decoder, modality=self.opts.modality)
+            self.source = open_video(self.task.path, backend=self.opts.decoder, modality=self.decode_modality)
         return self.source.read(indices)
+
+    def read(self, indices: np.ndarray):
+        if self.opts.flow is None:
+            return self._read_decoded(indices)
+        from .flow import flow_frames_at, flow_function
+
+        if self.flow_fn is None:
+            self.flow_fn = flow_function(self.opts.flow)
+        return flow_frames_at(self._read_decoded, indices, self.n_frames, self.opts.flow, self.flow_fn)
 
     def close(self) -> None:
         if self.source is not None:

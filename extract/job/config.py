@@ -22,6 +22,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]  # engines.PRECISIONS (a tes
 Runtime = Literal["auto", "torch", "openvino"]  # engines.RUNTIMES
 StartMethod = Literal["forkserver", "fork", "spawn"]
 Modality = Literal["auto", "rgb", "flow"]
+FlowAlgorithm = Literal["", "dis", "farneback", "tvl1"]  # extract.flow.FLOW_ALGORITHMS, "" = none
 StoreDtype = Literal["float16", "float32", "bfloat16"]
 ManifestFormat = Literal["auto", "path_label", "csv", "mmaction", "tree"]
 DecoderName = Literal["auto", "decord", "pyav", "folder", "image"]  # decode.BACKENDS (a test keeps them equal)
@@ -67,6 +68,10 @@ class ExtractConfig:
         reverse: read each window's frames in reverse order (time-reversed clips, e.g. for motion
             contrast or an arrow-of-time probe); recorded in the set's sampling provenance.
         modality: ``rgb``, ``flow`` or ``auto`` (flow when the backbone takes 2 channels).
+        flow: compute dense optical flow in memory from the decoded RGB frames (``dis``,
+            ``farneback`` or ``tvl1``; ``featbank.extract.flow``) and feed it to the flow
+            stream; "" reads flow from x_/y_ frame folders. Recorded in the provenance.
+        flow_bound: flow is clipped to +-this many pixels and scaled to [-1, 1].
         decoder: decoding backend (``auto``, ``decord``, ``pyav``, ``folder``, ``image``).
         dtype: stored dtype (``float16``, ``float32``, ``bfloat16``).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -119,6 +124,8 @@ class ExtractConfig:
     pool: PoolName = "avg"
     reverse: bool = False
     modality: Modality = "auto"
+    flow: FlowAlgorithm = ""
+    flow_bound: float = 20.0
     decoder: DecoderName = "auto"
     dtype: StoreDtype = "float16"
     device: Device = "auto"
@@ -158,6 +165,10 @@ class ExtractConfig:
                 raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
         if self.batch_size < 1 or self.chunk_frames < 1 or self.num_segments < 1:
             raise ValueError("batch_size, chunk_frames and num_segments must be >= 1")
+        if self.flow and self.modality == "rgb":
+            raise ValueError(f"flow: {self.flow!r} computes optical flow for a flow stream; use modality flow or auto")
+        if not self.flow_bound > 0:
+            raise ValueError(f"flow_bound: must be > 0 pixels, got {self.flow_bound}")
         if self.timeout < 0:
             raise ValueError(f"timeout: must be >= 0 seconds, got {self.timeout}")
         if self.keep_time and self.sampler in ("whole", "static"):
@@ -263,4 +274,13 @@ def resolve_modality(cfg: ExtractConfig, spec: BackboneSpec) -> str:
     """``cfg.modality``, with ``auto`` meaning flow for two-channel backbones, else rgb."""
     if cfg.modality != "auto":
         return cfg.modality
-    return "flow" if spec.in_channels == 2 else "rgb"
+    return "flow" if (spec.in_channels == 2 or cfg.flow) else "rgb"
+
+
+def flow_settings(cfg: ExtractConfig):
+    """The ``FlowConfig`` of a job that computes flow in memory from RGB (None: it does not)."""
+    if not cfg.flow:
+        return None
+    from ..flow import FlowConfig
+
+    return FlowConfig(cfg.flow, bound=cfg.flow_bound)

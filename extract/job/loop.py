@@ -11,7 +11,7 @@ import numpy as np
 from featbank.store.schema import VideoMeta, VideoRows
 
 from ..features import assemble_rows
-from .config import ExtractConfig
+from .config import ExtractConfig, flow_settings
 from .runtime import Pipeline
 
 
@@ -28,6 +28,7 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
         decoder=cfg.decoder,
         timeout_s=cfg.timeout,
         chunk_frames=cfg.chunk_frames,
+        flow=flow_settings(cfg),
     )
     n_workers = min(cfg.workers if workers is None else workers, len(tasks))
     context = None

@@ -7,7 +7,7 @@ from typing import Any
 from featbank.store.schema import BackboneSpec, FeatureSetInfo
 
 from ..features import Sampling
-from .config import ExtractConfig, resolve_modality
+from .config import ExtractConfig, flow_settings, resolve_modality
 
 
 def _versions() -> dict[str, str]:
@@ -20,6 +20,23 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "absent"
     return out
+
+
+def _flow_record(cfg: ExtractConfig) -> dict[str, Any] | None:
+    flow = flow_settings(cfg)
+    if flow is None:
+        return None
+    record = flow.record()
+    record.pop("opencv", None)  # a library version does not fix the rows; kept under flow_engine
+    return record
+
+
+def _flow_engine(cfg: ExtractConfig) -> dict[str, str] | None:
+    if not cfg.flow:
+        return None
+    import cv2
+
+    return {"opencv": cv2.__version__}
 
 
 def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_shape: tuple[int, ...], name: str,
@@ -47,9 +64,12 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
             "mean": list(spec.mean),
             "std": list(spec.std),
             "modality": resolve_modality(cfg, spec),
+            # optical flow computed in memory from the decoded RGB frames (None: read as decoded)
+            "flow": _flow_record(cfg),
         },
         "precision": choice.precision if choice is not None else cfg.precision,
         "engine": choice.to_dict() if choice is not None else None,
+        "flow_engine": _flow_engine(cfg),
         "config": cfg.to_record(),
     }
     return FeatureSetInfo(

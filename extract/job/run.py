@@ -83,7 +83,7 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
     index, count = s_index * world + rank, s_count * world
     pipe = build_pipeline(cfg, probe=False)
     if count > 1:
-        weights = duration_weights(tasks_all, cfg.decoder, pipe.modality)
+        weights = duration_weights(tasks_all, cfg.decoder, "rgb" if cfg.flow else pipe.modality)
         tasks = [tasks_all[i] for i in select_shard(weights, index, count)]
     else:
         tasks = tasks_all
