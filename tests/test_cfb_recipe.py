@@ -125,3 +125,23 @@ def test_motion_pair_oracle_probe_sees_flow_only_pairs():
     s = Streams(rgb, mask, flow, mask.clone(), y, tuple(str(i) for i in range(24)))
     (row,) = motion_pair_separability(CfbData(s, s, s, [], 2, {}), [(0, 1)])
     assert row["flow"] > 0.9 and row["rgb"] < 0.8 and row["videos"] == 24
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_tiny(tmp_path):
+    """The whole demo pipeline on a tiny benchmark: generation, still->video, in-memory flow through
+    the extraction job, pace sets, the ablation table and the shared results.json."""
+    from featbank.experiments.data.synth_i2v import SynthI2VConfig
+    from featbank.experiments.recipes.cfb_demo import CfbDemoConfig, run_demo
+    from featbank.store import open_store
+
+    cfg = CfbDemoConfig(data=SynthI2VConfig(seed=0, classes=2, source_per_class=3, train_per_class=3,
+                                            test_per_class=2, frames=32, fps=16, size=64),
+                        overrides=("optim.epochs=3", "pre=1", "optim.milestones=[2]", 'rows=["RGB only", "full"]'))
+    res = run_demo(tmp_path, cfg, seeds=(0, 1), progress=False)
+    assert res["recipe"] == "cfb" and res["metric"] == "acc_sf" and len(res["rows"]) == 2
+    assert res["int8_overflow"]["released_int8"][7] == -117
+    with open_store(str(tmp_path / "store.zarr"), "r") as store:
+        info = store.open_set("target_train/flow").info
+        assert info.sampling["transforms"]["flow"]["algorithm"] == "dis" and info.level == "frame"
+        assert store.open_set("target_train/pace5").info.sampling["frame_stride"] == 5

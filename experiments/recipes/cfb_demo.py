@@ -3,13 +3,13 @@
 1. generate the image -> video benchmark (``featbank data synth-i2v``: labelled stills,
    unlabelled target videos, a labelled target test split);
 2. turn every source still into a 16-frame video with a small camera motion (still2video);
-3. dense optical flow (DIS) of every source and target video into ``x_/y_`` flow folders;
-4. extract per-time-step I3D features with the extraction job: RGB with the Kinetics-400
-   weights, flow with the I3D flow architecture whose weights are the Kinetics-400 RGB weights
+3. extract per-time-step I3D features with the extraction job: RGB with the Kinetics-400
+   weights; flow computed in memory by the job (DIS, ``flow: dis``, recorded in each set's
+   provenance) through the I3D flow architecture whose weights are the Kinetics-400 RGB weights
    with the first conv averaged over colour channels to 2 inputs (no flow weights exist here;
-   see docs/cfb.md for plugging in ``flow_imagenet.pt``), and target RGB at paces 1..5
-   (7-frame clips at frame steps 1..5);
-5. run the CFB ablation rows over seeds (``configs/experiments/cfb_synth.yaml``), print the table
+   see docs/cfb.md for plugging in ``flow_imagenet.pt``); target RGB at paces 1..5 (7-frame
+   clips at frame steps 1..5);
+4. run the CFB ablation rows over seeds (``configs/experiments/cfb_synth.yaml``), print the table
    and write ``OUT/results.json`` (the shared demo layout, headline ``acc_sf``).
 """
 
@@ -66,27 +66,7 @@ def _manifest(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def make_flow_folders(data_dir: Path, cfg: CfbDemoConfig, *, progress: bool = True) -> dict[str, Path]:
-    """Flow folders and ``path label`` manifests for the source videos and both target splits."""
-    from featbank.experiments.data.synth_i2v import read_path_label
-    from featbank.extract.flow import extract_flow_folders
-
-    manifests = {"source": data_dir / "source_video" / "videos.txt",
-                 "target_train": data_dir / "target_train.txt", "target_test": data_dir / "target_test.txt"}
-    out = {}
-    for split, man in manifests.items():
-        rows = read_path_label(man)
-        items = [(str(Path(rel).with_suffix("")), str(man.parent / rel)) for rel, _ in rows]
-        root = data_dir / "flow" / split
-        summary = extract_flow_folders(items, root, cfg.flow, layout="xy", ext="jpg", progress=progress)
-        if summary.failures:
-            raise RuntimeError(f"flow of {split} failed for {summary.failures[:3]}")
-        out[split] = _manifest(root / "videos.txt", [f"{Path(rel).with_suffix('')} {lab}" for rel, lab in rows])
-    return out
-
-
-def extract_all(data_dir: Path, store_path: Path, flow_manifests: dict[str, Path], cfg: CfbDemoConfig, *,
-                progress: bool = True) -> dict[str, float]:
+def extract_all(data_dir: Path, store_path: Path, cfg: CfbDemoConfig, *, progress: bool = True) -> dict[str, float]:
     """Every feature set the recipe reads, through the extraction job; returns seconds per set."""
     from featbank.extract.flow import write_flow_weights_from_k400
     from featbank.extract.job import ExtractConfig, run_extraction
@@ -96,19 +76,24 @@ def extract_all(data_dir: Path, store_path: Path, flow_manifests: dict[str, Path
                   fps="source", workers=0, batch_size=8, timeout=0, threads=cfg.threads, manifest_format="path_label",
                   last="pad")
     rgb = dict(backbone="i3d-rgb-k400", weights="default", modality="rgb")
-    flow = dict(backbone="i3d-flow", weights=str(flow_weights), modality="flow", decoder="folder")
+    if cfg.flow != FlowConfig(cfg.flow.algorithm, bound=cfg.flow.bound):
+        raise ValueError("the extraction job computes flow with the algorithm's default parameters; "
+                         f"got {cfg.flow}")
+    flow = dict(backbone="i3d-flow", weights=str(flow_weights), modality="flow", flow=cfg.flow.algorithm,
+                flow_bound=cfg.flow.bound)
     jobs: list[tuple[str, dict[str, Any]]] = [
         ("source/rgb", dict(manifest=str(data_dir / "source_video" / "videos.txt"), decoder="folder", split="train",
                             domain="source", clip_len=cfg.clip_len, stride=cfg.clip_len, **rgb)),
-        ("source/flow", dict(manifest=str(flow_manifests["source"]), split="train", domain="source",
+        ("source/flow", dict(manifest=str(data_dir / "source_video" / "videos.txt"), decoder="folder",
+                             split="train", domain="source",
                              clip_len=cfg.clip_len, stride=cfg.clip_len, **flow)),
         ("target_train/rgb", dict(manifest=str(data_dir / "target_train.txt"), split="train", domain="target",
                                   clip_len=cfg.clip_len, stride=cfg.clip_len, **rgb)),
-        ("target_train/flow", dict(manifest=str(flow_manifests["target_train"]), split="train", domain="target",
+        ("target_train/flow", dict(manifest=str(data_dir / "target_train.txt"), split="train", domain="target",
                                    clip_len=cfg.clip_len, stride=cfg.clip_len, **flow)),
         ("target_test/rgb", dict(manifest=str(data_dir / "target_test.txt"), split="test", domain="target",
                                  clip_len=cfg.clip_len, stride=cfg.clip_len, **rgb)),
-        ("target_test/flow", dict(manifest=str(flow_manifests["target_test"]), split="test", domain="target",
+        ("target_test/flow", dict(manifest=str(data_dir / "target_test.txt"), split="test", domain="target",
                                   clip_len=cfg.clip_len, stride=cfg.clip_len, **flow)),
     ]
     for r in PACES:  # one clip per video at frame step r (stride past the end: a single window)
@@ -151,29 +136,24 @@ def run_demo(out: str | Path, cfg: CfbDemoConfig = CfbDemoConfig(), *, seeds: tu
     data_dir, store_path = out / "data", out / "store.zarr"
     timings: dict[str, float] = {}
 
-    print(f"[1/5] generating the image->video benchmark into {data_dir}", flush=True)
+    print(f"[1/4] generating the image->video benchmark into {data_dir}", flush=True)
     t0 = time.perf_counter()
     generate(data_dir, cfg.data, progress=progress)
     timings["generate"] = time.perf_counter() - t0
 
-    print("[2/5] still -> video: 16 frames of small camera motion per source still", flush=True)
+    print("[2/4] still -> video: 16 frames of small camera motion per source still", flush=True)
     t0 = time.perf_counter()
     still2video(data_dir / "source.txt", data_dir / "source_video",
                 dataclasses.replace(cfg.still, seed=cfg.data.seed), progress=progress)
     timings["still2video"] = time.perf_counter() - t0
 
-    print(f"[3/5] optical flow ({cfg.flow.algorithm}) into x_/y_ flow folders", flush=True)
+    print(f"[3/4] extracting per-time-step I3D RGB, flow ({cfg.flow.algorithm}, computed in memory) and pace "
+          f"features into {store_path}", flush=True)
     t0 = time.perf_counter()
-    flow_manifests = make_flow_folders(data_dir, cfg, progress=progress)
-    timings["flow"] = time.perf_counter() - t0
-
-    print(f"[4/5] extracting per-time-step I3D RGB, flow and pace features into {store_path}", flush=True)
-    t0 = time.perf_counter()
-    timings.update({f"extract {k}": v for k, v in extract_all(data_dir, store_path, flow_manifests, cfg,
-                                                              progress=progress).items()})
+    timings.update({f"extract {k}": v for k, v in extract_all(data_dir, store_path, cfg, progress=progress).items()})
     timings["extract"] = time.perf_counter() - t0
 
-    print("[5/5] CFB ablation rows over seeds", flush=True)
+    print("[4/4] CFB ablation rows over seeds", flush=True)
     t0 = time.perf_counter()
     info = json.loads((data_dir / "info.json").read_text())
     classes = (data_dir / "classes.txt").read_text().split()
