@@ -211,3 +211,38 @@ def test_cached_mode_trains_projections_on_stored_levels(tmp_path):
     bad = dataclasses.replace(cfg, sets={"low": sets["low"]})
     with pytest.raises(ConfigError, match="levels"):
         train_cached(bad, tmp_path / "bad")
+
+
+def test_extraction_reverse_option(tmp_path):
+    """`reverse`: every window's frames backwards; equals the model on flipped clips; provenance."""
+    from featbank.extract.decode import decode_video
+    from featbank.extract.features import Sampling, extract_video
+    from featbank.extract.job import ExtractConfig, run_extraction
+    from featbank.extract.transforms import preprocess
+    from featbank.store import open_store
+
+    manifest = _write_videos(tmp_path, n=2, frames=20)
+    torch.manual_seed(0)
+    model = create_backbone("r3d-18", width=0.25)
+    spec = model.spec.replace(resize=36, crop=32)
+    frames = decode_video(tmp_path / "v0.mp4")
+    fwd = Sampling(clip_len=8, stride=8, last="drop")
+    rev = Sampling(clip_len=8, stride=8, last="drop", reverse=True)
+    rows_f = extract_video(frames, model, spec, fwd, src_fps=8.0)
+    rows_r = extract_video(frames, model, spec, rev, src_fps=8.0)
+    np.testing.assert_array_equal(rows_r.starts, rows_f.starts)  # same time spans
+    clip = preprocess(frames.frames, spec)[0][:, :8]  # (C, 8, h, w): the first window
+    with torch.no_grad():
+        want = model.forward_head(model.forward_features(clip.flip(1)[None], endpoint="layer4"), endpoint="layer4")
+    np.testing.assert_allclose(rows_r.feats[0], want[0].numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(rows_r.feats[0], rows_f.feats[0], atol=1e-4)
+    weights = tmp_path / "narrow.pt"
+    torch.save(model.state_dict(), weights)
+    cfg = ExtractConfig(manifest=str(manifest), store=str(tmp_path / "s.zarr"), backbone="r3d-18", weights=str(weights),
+                        endpoint="layer4", clip_len=8, stride=8, resize=36, crop=32, fps="source", workers=0, timeout=0,
+                        runtime="torch", reverse=True, split="train", threads=1)
+    summary = run_extraction(cfg, progress=False)
+    assert summary.exit_code == 0 and summary.feature_set.endswith("rev")
+    with open_store(str(tmp_path / "s.zarr"), "r") as store:
+        fs = store.open_set(summary.feature_set)
+        assert fs.info.sampling["reverse"] is True
