@@ -85,6 +85,8 @@ class DetectConfig:
         features: inputs.
         heads: which heads (``fine``, ``pdan``, ``coarse-fine``).
         ssdet: also run every head with the SSDet pretext ("with" rows).
+        plain: run every head without the pretext (the "without" rows); ``plain: false`` with
+            ``ssdet: true`` runs only the SSDet rows (to split a table over processes).
         seeds: training seeds.
         optim: the detection stage's optimiser (the lr is replaced by the selected one).
         select_lrs: learning rates tried on the held-out train split.
@@ -101,6 +103,7 @@ class DetectConfig:
     features: DetectFeatures = field(default_factory=DetectFeatures)
     heads: tuple[str, ...] = HEAD_NAMES
     ssdet: bool = True
+    plain: bool = True
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-5, epochs=30, batch_size=8,
@@ -393,7 +396,8 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, progress: bool = False) ->
             print(f"  selected lr {selection[name]['lr']} for {name} on the held-out train videos "
                   f"({selection[name]['holdout_frame_map']})", flush=True)
     rows = []
-    variants = [(n, False) for n in cfg.heads] + ([(n, True) for n in cfg.heads] if cfg.ssdet else [])
+    variants = ([(n, False) for n in cfg.heads] if cfg.plain else []) + \
+        ([(n, True) for n in cfg.heads] if cfg.ssdet else [])
     per_class: dict[str, list] = {}
     for name, ssdet in variants:
         row_name = ROW_NAMES[name] + (" + SSDet" if ssdet else "")
