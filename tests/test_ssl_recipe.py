@@ -246,3 +246,26 @@ def test_extraction_reverse_option(tmp_path):
     with open_store(str(tmp_path / "s.zarr"), "r") as store:
         fs = store.open_set(summary.feature_set)
         assert fs.info.sampling["reverse"] is True
+
+
+def test_temporal_cue_from_forward_and_reversed_sets(tmp_path):
+    """Cached forward/reversed rows: a separable toy (reversal flips the sign of feature 0)."""
+    from featbank.experiments.recipes.ssl import temporal_cue_from_sets
+    from featbank.store import FeatureSetInfo, VideoMeta, VideoRows, open_store
+
+    rng = np.random.default_rng(0)
+    with open_store(str(tmp_path / "c.zarr"), mode="w") as store:
+        fw = store.create_set(FeatureSetInfo(name="fw", row_shape=(5,), dtype="float32", backbone="toy", weights_id="ab" * 32))
+        rv = store.create_set(FeatureSetInfo(name="rv", row_shape=(5,), dtype="float32", backbone="toy", weights_id="ab" * 32))
+        for v in range(12):
+            f = rng.normal(size=(2, 5))
+            f[:, 0] = np.abs(f[:, 0]) + 1
+            r = f.copy()
+            r[:, 0] *= -1
+            meta = VideoMeta(f"v{v}", labels=(0,), split="train" if v < 8 else "test", fps=8.0)
+            t = np.arange(2.0)
+            fw.write_video(VideoRows(f, t, t + 1), meta)
+            rv.write_video(VideoRows(r, t, t + 1), meta)
+    head, acc = temporal_cue_from_sets(tmp_path / "c.zarr", "fw", "rv", epochs=30)
+    assert acc["n_train"] == 32 and acc["n_test"] == 16 and acc["test_acc"] == 1.0
+    assert head.fc.bias is None

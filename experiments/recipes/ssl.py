@@ -603,3 +603,44 @@ def render_temporal_cam(backbone, head: TemporalCueHead, video: torch.Tensor, ou
     path = out_dir / f"{name}.png"
     Image.fromarray(pic).resize((pic.shape[1] * 2, pic.shape[0] * 2), Image.NEAREST).save(path)
     return [path]
+
+
+def temporal_cue_from_sets(store_path: str | Path, forward_set: str, reversed_set: str, *, train_split: str = "train",
+                           test_split: str = "test", epochs: int = 100, seed: int = 0) -> tuple[TemporalCueHead, dict[str, float]]:
+    """The temporal-cue probe on cached features: clip rows of ``forward_set`` (class 0) against the
+    rows of ``reversed_set`` (class 1, extracted with the job's ``reverse`` option, same windows).
+
+    Returns:
+        ``(head, {"train_acc", "test_acc", "n_train", "n_test"})``; the head's weights apply to the
+        unpooled layer4 maps as they are (:meth:`TemporalCueHead.cam`).
+    """
+    from featbank.experiments.fit import minibatches
+    from featbank.store import open_store
+    from featbank.store.dataset import load_rows
+
+    store = open_store(str(store_path), "r")
+    try:
+        def pair(split):
+            f, r = load_rows(store, forward_set, split=split), load_rows(store, reversed_set, split=split)
+            if list(f.video_ids) != list(r.video_ids) or f.feats.shape != r.feats.shape:
+                raise ConfigError(f"temporal cue: {forward_set!r} and {reversed_set!r} hold different videos or rows "
+                                  f"in split {split!r}; extract both with the same windows (reverse=true for the second)")
+            x = torch.cat([f.feats.float(), r.feats.float()])
+            y = torch.cat([torch.zeros(len(f.feats), dtype=torch.long), torch.ones(len(r.feats), dtype=torch.long)])
+            return x, y
+
+        x, y = pair(train_split)
+        xt, yt = pair(test_split)
+    finally:
+        store.close()
+    scale = x.norm(dim=1).mean().clamp_min(1e-6)
+    seed_everything(seed)
+    head = TemporalCueHead(x.shape[1], 2)
+    fit(head, lambda b: {"loss": head.loss(head(b[0] / scale), b[1])["ce"]}, lambda e, g: minibatches((x, y), 64, g),
+        OptimConfig(optimizer="adam", lr=1e-2, weight_decay=0.0, epochs=epochs, batch_size=64), seed=seed)
+    with torch.no_grad():
+        head.fc.weight.div_(scale)
+        acc = {"train_acc": float((head(x).logits.argmax(1) == y).float().mean()),
+               "test_acc": float((head(xt).logits.argmax(1) == yt).float().mean()),
+               "n_train": int(len(x)), "n_test": int(len(xt))}
+    return head.eval(), acc
