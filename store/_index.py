@@ -205,6 +205,9 @@ class VideoIndex:
 
     def apply_all(self, records: Iterable[dict[str, Any]]) -> None:
         """``apply`` each record in order (a fast path for the common case: new videos)."""
+        records = list(records)
+        if not records:  # nothing new: a compacted index keeps its metadata columns unloaded
+            return
         self._arrays = None
         cols = self.cols
         pos, ids, seg, row, n, nonfinite, crc = self.pos, self.ids, self.seg, self.row, self.n, self.nonfinite, self.crc
