@@ -53,6 +53,11 @@ class ClipPacker:
     def n_pending_videos(self) -> int:
         return len(self._pending)
 
+    @property
+    def n_queued(self) -> int:
+        """Windows waiting for a batch."""
+        return self._queued
+
     def add(self, chunk: ClipChunk) -> None:
         """Queue a chunk of windows; runs full batches as they become available."""
         if len(chunk.clips) == 0:

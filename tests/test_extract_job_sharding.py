@@ -132,3 +132,37 @@ def test_packer_drop_and_shape_change():
     packer.flush()
     assert outs[2].item() == 2.0
     assert packer.n_windows == 3
+
+
+def test_model_side_runs_a_partial_batch_instead_of_idling_for_decoding():
+    """With decoding workers, windows already decoded are computed while the next ones are still
+    being decoded (no waiting for a full batch). The stream below only continues once the model
+    has run, so waiting for a full batch of 4 would never finish (its wait times out and raises)."""
+    import threading
+    from types import SimpleNamespace
+
+    from featbank.extract.features import Sampling
+    from featbank.extract.job import ExtractConfig
+    from featbank.extract.job.loop import consume
+
+    ran = threading.Event()
+    calls = []
+
+    def engine(clips):  # (B, V, C, L, h, w) -> (B, R=1, V, D=3)
+        calls.append(len(clips))
+        ran.set()
+        return clips.mean(dim=(2, 3, 4, 5))[:, None, :, None].expand(-1, 1, -1, 3).clone()
+
+    def stream():
+        yield ClipChunk(0, 0, torch.ones(1, 1, 3, 2, 4, 4))
+        if not ran.wait(timeout=60):
+            raise AssertionError("the model never ran the window that was already decoded")
+        yield ClipChunk(0, 1, torch.full((1, 1, 3, 2, 4, 4), 2.0))
+        yield VideoEnd(0, VideoMeta("v"), 2, 4, np.array([[0, 1], [2, 3]]), np.arange(4) / 25.0, np.arange(4), 0.04)
+
+    pipe = SimpleNamespace(engine=engine, row_shape=(3,), rows_per_window=1,
+                           sampling=Sampling(clip_len=2, stride=2))
+    rows = {}
+    consume(ExtractConfig(batch_size=4, workers=1), pipe, [SimpleNamespace(key=0, video_id="v")], stream(),
+            lambda task, r, meta: rows.setdefault(meta.video_id, r), lambda *a: pytest.fail(f"failure {a}"))
+    assert calls == [1, 1] and rows["v"].feats[:, 0].tolist() == [1.0, 2.0]

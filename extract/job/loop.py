@@ -15,6 +15,26 @@ from .config import ExtractConfig, flow_settings
 from .runtime import Pipeline
 
 
+def pixel_transform(cfg: ExtractConfig):
+    """The decoded-frame transform of ``cfg`` (``BackgroundBlend`` when ``blend_dir`` is set), or None."""
+    if not cfg.blend_dir:
+        return None
+    from ..background import BackgroundBlend
+
+    return BackgroundBlend(cfg.blend_dir, p=cfg.blend_p, alpha=cfg.blend_alpha, seed=cfg.blend_seed)
+
+
+def group_windows(rows: VideoRows, k: int) -> VideoRows:
+    """Every ``k`` consecutive window rows ``(W, D)`` -> one row ``(k, D)`` spanning their times."""
+    n = len(rows.feats) // k
+    feats = np.asarray(rows.feats)[: n * k].reshape(n, k, *rows.feats.shape[1:])  # (W, D) -> (W/k, k, D)
+    starts = np.asarray(rows.starts)[: n * k].reshape(n, k).min(1)
+    ends = np.asarray(rows.ends)[: n * k].reshape(n, k).max(1)
+    fidx = np.asarray(rows.frame_idx)[: n * k].reshape(n, k, 2)
+    fidx = np.stack([fidx[:, :, 0].min(1), fidx[:, :, 1].max(1)], 1)
+    return VideoRows(feats, starts, ends, fidx)
+
+
 def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], workers: int | None = None):
     """Start decoding ``tasks`` (DataLoader workers begin at once); returns the item iterator."""
     from torch.utils.data import DataLoader
@@ -29,6 +49,7 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
         timeout_s=cfg.timeout,
         chunk_frames=cfg.chunk_frames,
         flow=flow_settings(cfg),
+        pixel_transform=pixel_transform(cfg),
     )
     n_workers = min(cfg.workers if workers is None else workers, len(tasks))
     context = None
@@ -84,16 +105,27 @@ def consume(
             rows = VideoRows(feats, np.zeros(0), np.zeros(0), np.zeros((0, 2), np.int64))
         else:
             rows = assemble_rows(outputs, end.layout(pipe.rows_per_window), pipe.sampling.n_views)
+            if pipe.sampling.windows_per_row > 1:  # sampler glad: the video's windows are one row's views
+                rows = group_windows(rows, pipe.sampling.windows_per_row)
         try:
             on_rows(task, rows, end.meta)
         except Exception as exc:  # a rejected write (non-finite rows, conflict) fails this video only
             on_failure(task, type(exc).__name__, str(exc))
 
     packer = ClipPacker(run_batch, cfg.batch_size, done)
+    source = _Prefetched(items) if cfg.workers > 0 else None
     waited = 0.0
     while True:
-        t0 = time.perf_counter()
-        item = next(items, None)
+        if source is not None:
+            item = source.get_nowait()
+            if item is _EMPTY and packer.n_queued:
+                # decoding is behind: compute the windows already here instead of idling for a full batch
+                packer.flush()
+            t0 = time.perf_counter()
+            item = source.get() if item is _EMPTY else item
+        else:
+            t0 = time.perf_counter()
+            item = next(items, None)
         waited += time.perf_counter() - t0
         if item is None:
             break
@@ -148,3 +180,50 @@ def read_windows(cfg: ExtractConfig, spec: Any, sampling: Any, tasks: Sequence[A
         elif isinstance(item, VideoFailed):
             raise ExtractError(f"video {item.video_id!r}: {item.message}")
     return out
+
+
+_EMPTY = object()
+
+
+class _Prefetched:
+    """The decoded-item iterator pulled by a thread into a small queue, so the model side can see
+    whether the next item is already there (and run a partial batch when it is not). The queue
+    holds at most two items, which keeps the job's memory bound; an exception of the iterator
+    is re-raised on the model side."""
+
+    def __init__(self, items: Any) -> None:
+        import queue
+        import threading
+
+        self._q: Any = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(target=self._pump, args=(items,), daemon=True, name="featbank-decoded")
+        self._thread.start()
+
+    def _pump(self, items: Any) -> None:
+        try:
+            for item in items:
+                self._q.put(item)
+            self._q.put(None)
+        except BaseException as exc:  # handed to the model side
+            self._q.put(_Raised(exc))
+
+    def _unwrap(self, item: Any) -> Any:
+        if isinstance(item, _Raised):
+            raise item.exc
+        return item
+
+    def get_nowait(self) -> Any:
+        import queue
+
+        try:
+            return self._unwrap(self._q.get_nowait())
+        except queue.Empty:
+            return _EMPTY
+
+    def get(self) -> Any:
+        return self._unwrap(self._q.get())
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
