@@ -101,6 +101,7 @@ class StreamOptions:
     timeout_s: float = 120.0
     chunk_frames: int = 256
     flow: Any = None  # extract.flow.FlowConfig: compute flow in memory from decoded RGB frames
+    pixel_transform: Any = None  # f(frames (T, H, W, C) uint8, video_id) -> frames, e.g. BackgroundBlend
 
 
 def _failure(task: VideoTask, exc: BaseException) -> VideoFailed:
@@ -232,7 +233,10 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
             missing = np.array([s for s in need if s not in cache], np.int64)
             if len(missing):
                 frames = reader.read(missing)
-                video = preprocess(frames.frames, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
+                pixels = frames.frames
+                if opts.pixel_transform is not None:  # seeded per video: every chunk gets the same draw
+                    pixels = opts.pixel_transform(np.asarray(pixels), task.video_id)
+                video = preprocess(pixels, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
                 for j, s in enumerate(np.asarray(frames.indices, np.int64)):
                     cache[int(s)] = video[:, :, j]
                     time_of[int(s)] = float(frames.times[j])

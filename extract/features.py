@@ -27,7 +27,7 @@ from featbank.store.schema import BackboneSpec, VideoRows
 
 # The allowed values are Literal types so that configs are checked against one list (the
 # job's ExtractConfig validates its fields from these annotations).
-SamplerName = Literal["sliding", "tsn", "dense", "whole", "static"]
+SamplerName = Literal["sliding", "tsn", "dense", "whole", "static", "glad"]
 ViewName = Literal["center", "3crop", "flip", "3crop+flip"]
 LastPolicy = Literal["pad", "drop", "shift"]
 PoolName = Literal["avg", "none"]
@@ -45,7 +45,10 @@ class Sampling:
     Attributes:
         sampler: ``"sliding"`` windows, ``"tsn"`` segments, ``"dense"`` one window per frame,
             ``"whole"`` (the whole video as one clip) or ``"static"`` (``num_segments`` single
-            frames - one for a still image - each repeated into a clip of ``clip_len``).
+            frames - one for a still image - each repeated into a clip of ``clip_len``) or
+            ``"glad"`` (GLAD's views, one row ``(V, D)`` per video: ``num_segments`` dense
+            local clips of ``clip_len`` frames ``frame_stride`` apart at the segment centres,
+            then one sparse global clip per entry of ``global_frames``; see extract/glad_views.py).
         clip_len: frames per window (ignored by ``"whole"``).
         stride: step between window starts, in resampled frames (``"sliding"``).
         frame_stride: step between frames inside a window, in resampled frames.
@@ -63,6 +66,8 @@ class Sampling:
             averaged unless ``keep_time``).
         reverse: read every window's frames in reverse order (the time-reversed clip); each
             row keeps the time span of the frames it saw.
+        global_frames: ``"glad"``: position inside each local clip of the global view's
+            frames (3 released; more positions add global views).
     """
 
     sampler: str = "sliding"
@@ -77,6 +82,7 @@ class Sampling:
     keep_time: bool = False
     pool: str = "avg"
     reverse: bool = False
+    global_frames: tuple[int, ...] = (3,)
 
     def __post_init__(self) -> None:
         checks = (
@@ -93,10 +99,21 @@ class Sampling:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"Sampling: {msg}")
+        if self.sampler == "glad" and (self.clip_len != self.num_segments or self.keep_time or not self.global_frames
+                                       or not all(0 <= g < self.clip_len for g in self.global_frames)):
+            raise ValueError(f"Sampling: sampler 'glad' needs clip_len == num_segments (the global view takes one "
+                             f"frame per local clip), keep_time off and global_frames in [0, clip_len); got "
+                             f"clip_len={self.clip_len}, num_segments={self.num_segments}, "
+                             f"global_frames={list(self.global_frames)}")
 
     @property
     def n_views(self) -> int:
         return VIEW_COUNTS[self.views]
+
+    @property
+    def windows_per_row(self) -> int:
+        """Windows that form one row: the GLAD views (local clips + global clips), else 1."""
+        return self.num_segments + len(self.global_frames) if self.sampler == "glad" else 1
 
     @property
     def level(self) -> str:
@@ -131,6 +148,9 @@ def window_positions(n_frames: int, sampling: Sampling) -> np.ndarray:
         pos = SAMPLERS["dense"](n_frames, clip_len=s.clip_len, frame_stride=s.frame_stride)
     elif s.sampler == "static":
         pos = SAMPLERS["static"](n_frames, s.num_segments, s.clip_len)
+    elif s.sampler == "glad":
+        pos = SAMPLERS["glad"](n_frames, clip_len=s.clip_len, frame_interval=s.frame_stride,
+                               num_clips=s.num_segments, global_frames=s.global_frames)
     else:
         pos = SAMPLERS["whole"](n_frames)
     pos = np.asarray(pos, dtype=np.int64).reshape(len(pos), -1)

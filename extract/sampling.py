@@ -10,11 +10,14 @@ beyond frame 127.
 - ``whole_video``: the whole sequence as one clip.
 - ``static_frames``: single frames (segment centres; a still image is one frame), each
   repeated into a clip of ``clip_len`` identical frames (image features from a video backbone).
+- ``glad_windows`` (extract/glad_views.py): GLAD's 8 local clips + the global clip, as released.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .glad_views import glad_windows
 
 LAST_POLICIES = ("pad", "drop", "shift")
 
@@ -166,4 +169,5 @@ SAMPLERS = {
     "dense": dense_frames,
     "whole": whole_video,
     "static": static_frames,
+    "glad": glad_windows,
 }

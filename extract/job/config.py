@@ -67,6 +67,12 @@ class ExtractConfig:
         pool: ``avg`` (vectors) or ``none`` (``(C, H, W)`` maps).
         reverse: read each window's frames in reverse order (time-reversed clips, e.g. for motion
             contrast or an arrow-of-time probe); recorded in the set's sampling provenance.
+        global_frames: sampler ``glad``: frame position (in each local clip) of each global view
+            (``[3]`` as released; more positions store more global views as augmentation).
+        blend_dir: BackgroundBlend (GLAD): folder of ``<video_id>.jpg`` median frames; every decoded
+            frame becomes ``blend_alpha * x + (1 - blend_alpha) * median(other video)`` with
+            probability ``blend_p`` per video, seeded by ``blend_seed`` (recorded in provenance).
+        blend_p / blend_alpha / blend_seed: see ``blend_dir`` (0.25 / 0.75 released).
         modality: ``rgb``, ``flow`` or ``auto`` (flow when the backbone takes 2 channels).
         flow: compute dense optical flow in memory from the decoded RGB frames (``dis``,
             ``farneback`` or ``tvl1``; ``featbank.extract.flow``) and feed it to the flow
@@ -123,6 +129,11 @@ class ExtractConfig:
     keep_time: bool = False
     pool: PoolName = "avg"
     reverse: bool = False
+    global_frames: tuple[int, ...] = (3,)
+    blend_dir: str | None = None
+    blend_p: float = 0.25
+    blend_alpha: float = 0.75
+    blend_seed: int = 0
     modality: Modality = "auto"
     flow: FlowAlgorithm = ""
     flow_bound: float = 20.0
@@ -171,6 +182,9 @@ class ExtractConfig:
             raise ValueError(f"flow_bound: must be > 0 pixels, got {self.flow_bound}")
         if self.timeout < 0:
             raise ValueError(f"timeout: must be >= 0 seconds, got {self.timeout}")
+        object.__setattr__(self, "global_frames", tuple(self.global_frames))  # a JSON record gives a list
+        if not (0.0 <= self.blend_p <= 1.0 and 0.0 <= self.blend_alpha <= 1.0):
+            raise ValueError(f"blend_p / blend_alpha: must be in [0, 1], got {self.blend_p} / {self.blend_alpha}")
         if self.keep_time and self.sampler in ("whole", "static"):
             raise ValueError(f"keep_time: not supported with sampler {self.sampler!r} "
                              "(whole: rows per window would vary; static: every time step is the same frame)")
@@ -229,6 +243,7 @@ class ExtractConfig:
             keep_time=self.keep_time,
             pool=self.pool,
             reverse=self.reverse,
+            global_frames=tuple(self.global_frames),
         )
 
 
@@ -245,6 +260,7 @@ def default_set_name(backbone: str, sampling: Sampling) -> str:
         "dense": f"dense{s.clip_len}",
         "whole": "whole",
         "static": f"static{s.num_segments}x{s.clip_len}",
+        "glad": f"glad{s.num_segments}x{s.clip_len}",
     }[s.sampler]
     window += ("t" if s.keep_time else "") + ("map" if s.pool == "none" else "") + ("rev" if s.reverse else "")
     parts = [backbone, s.endpoint or "default", window]

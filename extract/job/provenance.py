@@ -64,6 +64,9 @@ def set_info(cfg: ExtractConfig, spec: BackboneSpec, sampling: Sampling, row_sha
             "mean": list(spec.mean),
             "std": list(spec.std),
             "modality": resolve_modality(cfg, spec),
+            "background_blend": None if not cfg.blend_dir else {
+                "median_dir": cfg.blend_dir, "p": cfg.blend_p, "alpha": cfg.blend_alpha, "seed": cfg.blend_seed,
+                "formula": "x' = alpha * x + (1 - alpha) * median frame of another video (GLAD BackgroundBlend)"},
             # optical flow computed in memory from the decoded RGB frames (None: read as decoded)
             "flow": _flow_record(cfg),
         },

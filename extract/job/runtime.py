@@ -142,6 +142,8 @@ def prepare_engine(pipe: Pipeline, cfg: ExtractConfig, *, cache: bool = True) ->
                                rows_per_window, feat_shape)
     pipe.rows_per_window = rows_per_window
     pipe.row_shape = (pipe.sampling.n_views, *feat_shape) if pipe.sampling.n_views > 1 else feat_shape
+    if pipe.sampling.windows_per_row > 1:  # sampler glad: one row holds the video's views
+        pipe.row_shape = (pipe.sampling.windows_per_row, *feat_shape)
 
 
 def probe_rows(pipe: Pipeline) -> tuple[int, tuple[int, ...]]:
