@@ -116,3 +116,22 @@ def test_x3d_levels_extracted_on_one_time_grid(tmp_path):
     for r in rows.values():
         assert len(r.feats) == n and r.feats.dtype == np.float16
         np.testing.assert_array_equal(r.starts, rows["layer1"].starts)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path, shared_data):
+    """The whole demo path on a tiny benchmark: generate, extract with K400 I3D, train, results.json."""
+    from featbank.experiments.data.synth_detect import SynthDetectConfig
+    from featbank.experiments.recipes.detect import run_demo
+
+    bench = SynthDetectConfig(seed=1, train_videos=4, test_videos=2, size=32, fps=8, instances=(1, 2))
+    res = run_demo(tmp_path / "demo", threads=1, bench=bench, progress=False,
+                   overrides=["seeds=[0,1]", "select_lrs=[0.1]", "optim.epochs=2", "optim.milestones=[1]",
+                              "pretext.epochs=1", "pdan_hidden=32", "hidden=32"])
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["recipe"] == "detect" and saved["metric"] == "map"
+    assert {r["name"] for r in saved["rows"]} == {"fine-only", "PDAN-style", "coarse-fine", "fine-only + SSDet",
+                                                  "PDAN-style + SSDet", "coarse-fine + SSDet"}
+    assert 0 <= saved["source_only_acc"] <= 1 and saved["final_ci95"] is not None and res["seeds"] == [0, 1]
+    sub = tmp_path / "demo" / "detect" / "fine-only" / "seed0" / "submission.txt"
+    assert len(sub.read_text().splitlines()) == 25 * 2

@@ -489,8 +489,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiments"
 
 
 def run_demo(out: str | Path, *, seed: int = 0, threads: int = 2, overrides: Sequence[str] = (),
-             progress: bool = True) -> dict[str, Any]:
-    """The detection demo: generate synth-detect, extract I3D per-step features, run the recipe, write results.json."""
+             progress: bool = True, bench: Any = None) -> dict[str, Any]:
+    """The detection demo: generate synth-detect, extract I3D per-step features, run the recipe, write results.json.
+
+    ``bench`` replaces the benchmark's ``SynthDetectConfig`` (its seed is then ``bench.seed``).
+    """
     from featbank.experiments.data.synth_detect import SynthDetectConfig, generate
     from featbank.experiments.stats import format_rows, write_demo_results
 
@@ -500,7 +503,8 @@ def run_demo(out: str | Path, *, seed: int = 0, threads: int = 2, overrides: Seq
     data_dir, store_path, run_dir = out / "data", out / "store.zarr", out / "detect"
     timings: dict[str, float] = {}
     torch.set_num_threads(threads)
-    bench = SynthDetectConfig(seed=seed)
+    bench = bench if bench is not None else SynthDetectConfig(seed=seed)
+    seed = bench.seed
     print(f"[1/4] generating the synth-detect benchmark (seed {seed}) into {data_dir}", flush=True)
     t0 = time.perf_counter()
     gen = generate(data_dir, bench, progress=progress)
