@@ -125,6 +125,7 @@ def register(sub, groups) -> None:
     p.add_argument("--recall-target", type=float, default=0.95, help="true-neighbour recall@10 the tuning aims for, in (0, 1]")
     p.add_argument("--memory-budget", default=None, help="bytes the index may take, e.g. 4G (default: half the RAM)")
     p.add_argument("--build-budget", type=float, default=None, help="seconds auto may spend building candidates (default 600)")
+    p.add_argument("--flat-max", type=int, default=50_000, help="auto builds exact Flat up to this many vectors")
     p.add_argument("--rebuild", action="store_true", help="build anew even when the saved bank matches the set")
     p.add_argument("--on-disk", action="store_true",
                    help="IVF with on-disk inverted lists, built by streaming the set chunk by chunk (larger than RAM)")
@@ -174,6 +175,10 @@ def cmd_build(args) -> int:
 
     _recall_target(args.recall_target)  # every argument is checked before any work starts
     _positive_int(args.chunk_videos, "--chunk-videos")
+    if args.flat_max < 0:
+        from featbank.store.bank import BankError
+
+        raise BankError(f"--flat-max must be >= 0, got {args.flat_max}")
     budget = _bytes(args.memory_budget) if args.memory_budget is not None else None
     if args.build_budget is not None and not args.build_budget > 0:
         from featbank.store.bank import BankError
@@ -195,7 +200,8 @@ def cmd_build(args) -> int:
             bank = FaissBank.build(
                 store, args.set, index=args.index, metric=args.metric, level=args.level, split=args.split,
                 domain=args.domain, labels=args.label, recall_target=args.recall_target, allow_stale=args.allow_stale,
-                memory_budget=budget, build_budget=args.build_budget, cache_dir=None if args.rebuild else out,
+                memory_budget=budget, build_budget=args.build_budget, flat_max=args.flat_max,
+                cache_dir=None if args.rebuild else out,
             )
             if not bank.cached:
                 bank.save(out)
