@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,13 +170,14 @@ def test_cli_temporal_cam(tmp_path):
     cmd = [sys.executable, "-m", "featbank.experiments.cli", "viz", "temporal-cam", "--weights", str(weights),
            "--train-manifest", str(manifest),
            "--manifest", str(manifest), "--out", str(tmp_path / "cam"), "--clips", "2", "--size", "32", "--epochs", "2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a loaded 2-core box: no OpenMP spinning in the child
+    proc = subprocess.run(cmd + ["--threads", "1"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "cam" / "cam.json").read_text())
     assert len(report["pngs"]) == 2 and all(Path(p).is_file() for p in report["pngs"])
     bad = subprocess.run([sys.executable, "-m", "featbank.experiments.cli", "viz", "temporal-cam", "--train-manifest",
                           str(tmp_path / "nope.csv"), "--manifest", str(manifest), "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert bad.returncode == 1 and "nope.csv" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -37,6 +37,7 @@ def register(sub, groups) -> None:
     p.add_argument("--clip-len", type=int, default=16)
     p.add_argument("--epochs", type=int, default=100, help="probe epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--traceback", action="store_true")
     p.set_defaults(func=cmd_temporal_cam)
 
@@ -48,6 +49,10 @@ def cmd_temporal_cam(args: argparse.Namespace) -> int:
 
     if args.clips < 1 or args.size < 16:
         raise ConfigError("viz temporal-cam: --clips must be >= 1 and --size >= 16")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     resize = int(round(args.size * 8 / 7))
     train, _, _ = load_videos(args.train_manifest, resize=resize, min_frames=args.clip_len)
     test, ids, _ = load_videos(args.manifest, resize=resize, min_frames=args.clip_len)
