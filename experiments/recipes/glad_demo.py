@@ -31,6 +31,7 @@ class GladDemoConfig:
     Attributes:
         data: benchmark size and seed.
         backbone: registry name (the K400 I3D Inception; the paper uses an I3D-R50).
+        weights: ``default`` (the backbone's published weights), ``random`` or a file.
         resize / crop: frame size fed to the backbone (the benchmark is 112 px).
         bg_copies: BackgroundBlend copies of the source views.
         threads: torch CPU threads for extraction.
@@ -40,6 +41,7 @@ class GladDemoConfig:
 
     data: SynthV2VConfig = field(default_factory=SynthV2VConfig)
     backbone: str = "i3d-rgb-k400"
+    weights: str = "default"
     resize: int = 112
     crop: int = 112
     bg_copies: int = 2
@@ -65,7 +67,7 @@ def extract_views(data_dir: Path, store_path: Path, cfg: GladDemoConfig, *, prog
     if med["failures"]:
         raise RuntimeError(f"median frames failed: {med['failures'][:3]}")
     times["median"] = time.perf_counter() - t0
-    base = ExtractConfig(manifest_format="path_label", store=str(store_path), backbone=cfg.backbone,
+    base = ExtractConfig(manifest_format="path_label", store=str(store_path), backbone=cfg.backbone, weights=cfg.weights,
                          sampler="glad", clip_len=8, frame_stride=2, num_segments=8, fps="source",
                          resize=cfg.resize, crop=cfg.crop, workers=0, batch_size=18, timeout=0,
                          threads=cfg.threads, dtype="float32")
