@@ -157,3 +157,9 @@ def test_import_shows_a_bar_on_a_terminal_and_none_into_pipes(tmp_path):
     os.close(master)
     assert proc.returncode == 0 and "50 video(s) written" in out
     assert b"import x" in seen and b"/50 [" in seen and b"video/s" in seen
+
+
+def test_verify_refuses_a_non_positive_count_before_opening(tmp_path, capsys):
+    for n in ("0", "-1"):
+        code, _, err = _run(capsys, "store", "verify", str(tmp_path / "nope.zarr"), "--set", "s", "-n", n)
+        assert code == 1 and "-n must be >= 1" in err, err

@@ -194,6 +194,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from featbank.extract.job import ExtractConfig, verify_extraction
     from featbank.store import StoreError
 
+    if args.n < 1:
+        from featbank.experiments.config import ConfigError
+
+        raise ConfigError(f"store verify: -n must be >= 1 (videos to re-extract), got {args.n}")
     with _open(args.store, "r") as store:
         fs = store.open_set(args.set, allow_stale=True)
         recorded = dict(fs.info.sampling.get("config", {}))
