@@ -1,4 +1,4 @@
-"""Configs are frozen dataclasses loaded from YAML (GUIDE rule 10).
+"""Configs are frozen dataclasses loaded from YAML, so a typo fails loudly and a run can be reloaded.
 
 * Unknown keys raise ``ConfigError`` naming the key's dotted path and the known keys.
 * ``key=value`` overrides (dotted paths, YAML-parsed values) apply on top of the file.

@@ -1,4 +1,4 @@
-"""Faiss nearest-neighbour memory banks over a feature set (GUIDE rule 9).
+"""Faiss nearest-neighbour memory banks over a feature set (updated only by explicit ``add`` calls).
 
 A ``FaissBank`` indexes the vectors of one feature set, per row (clip level) or per video
 (mean of the rows), and maps every index id back to ``(video id, row, label)``. The mapping

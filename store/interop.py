@@ -1,6 +1,6 @@
 """Import and export of feature sets: npy folders and HDF5 files.
 
-These are interchange formats, not backends (GUIDE rule 6): a feature set is exported
+These are interchange formats, not backends (crash safety and checksums live in the store): a feature set is exported
 to, or imported from, the layouts that extraction toolkits (video_features) and
 temporal-detection repos read and write.
 

@@ -1,4 +1,4 @@
-"""Contract sweep over every registered head: shapes, gradients, no NaN (GUIDE rule 12)."""
+"""Contract sweep over every registered head: shapes, gradients, no NaN."""
 
 from __future__ import annotations
 

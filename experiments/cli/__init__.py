@@ -23,7 +23,7 @@ GROUPS = {
     "viz": "visualise what a model looks at (temporal-cue class activation maps)",
 }
 
-# Modules that register commands (a literal tuple, GUIDE rule 3).
+# Modules that register commands (a literal tuple: importing a module never registers anything by itself).
 CLI_MODULES: tuple[str, ...] = (
     "featbank.experiments.cli.store",
     "featbank.experiments.cli.extract",
