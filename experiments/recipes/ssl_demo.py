@@ -32,7 +32,7 @@ from featbank.experiments.fit import OptimConfig
 
 @dataclass(frozen=True)
 class SSLDemoConfig:
-    """Sizes of the demo (defaults fit 10 minutes on an idle 2-core machine; see docs/ssl.md).
+    """Sizes of the demo (the defaults are the measured run of docs/ssl.md).
 
     Attributes:
         seed: benchmark, pretraining and first probe seed.
@@ -55,13 +55,13 @@ class SSLDemoConfig:
     size: int = 64
     view_size: int = 32
     width: float = 0.25
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 8
     prototypes: int = 30
     queue: int = 128
     target_train_max: int = 16
     target_test_max: int = 14
-    source_train_per_class: int = 8
+    source_train_per_class: int = 3
     seeds: int = 5
     probe_epochs: int = 100
     supervised: bool = True
