@@ -117,6 +117,8 @@ def _flow_items(src: str) -> list[tuple[str, str]]:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
+    import sys
+
     from featbank.extract.flow import extract_flow_folders
     from featbank.extract.sharding import parse_shard
 
@@ -124,7 +126,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
     items = _flow_items(args.src)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     s = extract_flow_folders(items, args.out, cfg, layout=job["layout"], ext=job["ext"], quality=int(job["quality"]),
-                             fps=job["fps"], workers=int(job["workers"]), shard=shard, progress=not args.no_progress)
+                             fps=job["fps"], workers=int(job["workers"]), shard=shard,
+                             progress=not args.no_progress and sys.stderr.isatty())
     print(f"flow ({cfg.algorithm}, bound {cfg.bound:g} px, layout {job['layout']}): {len(s.done)} written, "
           f"{len(s.skipped)} already done, {len(s.failures)} failed in {s.seconds:.1f} s -> {args.out}")
     for vid, err in s.failures[:10]:
@@ -133,6 +136,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def cmd_still2video(args: argparse.Namespace) -> int:
+    import sys
+
     from featbank.experiments.config import ConfigError
     from featbank.experiments.data.still2video import Still2VideoConfig, generate
 
@@ -142,7 +147,7 @@ def cmd_still2video(args: argparse.Namespace) -> int:
                                 depth_dir=args.depth_dir)
     except ValueError as e:
         raise ConfigError(f"still2video: {e}") from None
-    paths = generate(args.src, args.out, cfg, progress=True)
+    paths = generate(args.src, args.out, cfg, progress=sys.stderr.isatty())
     print(f"videos  {paths['videos']}\nmotion  {paths['motion']}")
     if args.flow:
         from featbank.experiments.data.synth_i2v import read_path_label
@@ -150,7 +155,7 @@ def cmd_still2video(args: argparse.Namespace) -> int:
 
         rows = read_path_label(paths["videos"])
         items = [(str(Path(rel).with_suffix("")), str(Path(args.out) / rel)) for rel, _ in rows]
-        s = extract_flow_folders(items, args.flow, FlowConfig(), progress=True)
+        s = extract_flow_folders(items, args.flow, FlowConfig(), progress=sys.stderr.isatty())
         print(f"flow    {args.flow} ({len(s.done)} written, {len(s.failures)} failed)")
         return s.exit_code
     return 0
