@@ -1,4 +1,4 @@
-"""Domain-adversarial alignment over features (GUIDE rule 7).
+"""Domain-adversarial alignment over features: a DA method is a loss over features (tllib style).
 
 A gradient reversal layer (GRL), a small domain discriminator, and the DANN loss
 ``DomainAdversarialLoss(f_s, f_t, coeff)``. The GRL coefficient is an argument the

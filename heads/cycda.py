@@ -14,7 +14,7 @@
   cosine similarity over a temperature (0.05 as published), cross entropy with the
   positive as the correct "class".
 
-Every head has one signature in every mode (GUIDE rule 8): ``forward(feats) -> NamedTuple``
+Every head has one signature in every mode (so recipes and the registry sweep treat all alike): ``forward(feats) -> NamedTuple``
 and ``loss(out, targets) -> dict[str, Tensor]``.
 """
 
