@@ -19,14 +19,24 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/featbank demo --out $(DEMO_OUT)
 
+# Three pytest processes: the OpenVINO parity tests, the other extraction tests (decoders, worker
+# processes, jobs) and the rest. A job run in a process that had already loaded OpenVINO crashed
+# (SIGSEGV) and a forked DataLoader worker deadlocked when areas shared one process, so each area
+# gets a fresh interpreter.
+ENGINE_TESTS := tests/test_extract_engines.py
+EXTRACT_TESTS := $(filter-out $(ENGINE_TESTS),$(wildcard tests/test_extract_*.py)) tests/test_backbones_contract.py \
+	tests/test_i3d_reference.py tests/test_weights.py tests/test_x3d_parity.py $(wildcard tests/test_flow*.py)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(ENGINE_TESTS)
+	$(BIN)/python -m pytest -q $(EXTRACT_TESTS)
+	$(BIN)/python -m pytest -q $(addprefix --ignore=,$(ENGINE_TESTS) $(EXTRACT_TESTS)) tests
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
-	@for b in bench/store_read.py bench/bank_query.py bench/extract_i3d.py bench/cycle_heads.py; do \
+	@for b in bench/store_read.py bench/store_open.py bench/bank_query.py bench/extract_i3d.py bench/cycle_heads.py bench/train_probe.py; do \
 	  if [ -f $$b ]; then echo "== $$b"; $(BIN)/python $$b || exit $$?; fi; done
 
 clean:

@@ -57,6 +57,9 @@ def test_two_processes_write_one_store_then_compact(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     path, n, world = tmp_path / "store.zarr", 400, 2
+    # the store exists before its writers start, as the extraction job's rank 0 makes sure: two processes
+    # creating the same new store at once race on its folder (concurrent *writing* is what is tested)
+    open_store(path, mode="w").close()
     procs = [subprocess.Popen([sys.executable, str(script), str(path), str(r), str(world), str(n)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(world)]
