@@ -1,4 +1,4 @@
-"""Memory banks in torch (GUIDE rule 9): explicit updates only, never inside ``forward``.
+"""Memory banks in torch: explicit updates only, never inside ``forward`` (a forward pass stays a pure function).
 
 * ``CategoryBank``: per class, the most confident entries (CFB's category-aware feature
   bank): a capped min-heap per class (default cap 60), or a first-in-first-out capacity mode.

@@ -1,6 +1,6 @@
 """Metrics over logits and features: accuracy, weighted kNN, retrieval recall, neighbour recall.
 
-Pure torch (GUIDE rule 8): no faiss import. Where a nearest-neighbour search is needed the
+Pure torch, so heads stay independent of the index library: no faiss import. Where a nearest-neighbour search is needed the
 functions run an exact, batched ``torch.topk`` search, or take a ``search`` callable
 ``(queries, k) -> (D, I)`` (e.g. ``FaissBank.search`` over the same gallery) so an index
 can be plugged in from outside ``heads``. The callable receives the raw query features
