@@ -74,11 +74,12 @@ def format_rows(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> st
     return "\n".join(lines)
 
 
-def _clean(v: Any) -> Any:
+def to_jsonable(v: Any) -> Any:
+    """Nested dicts/lists with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
+        return {k: to_jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
+        return [to_jsonable(x) for x in v]
     if isinstance(v, (np.floating, np.integer)):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -119,7 +120,7 @@ def write_demo_results(out: str | Path, *, recipe: str, metric: str, rows: Seque
     }
     if extra:
         res.update(extra)
-    res = _clean(res)
+    res = to_jsonable(res)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")

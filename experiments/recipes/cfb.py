@@ -35,6 +35,7 @@ import numpy as np
 
 from featbank.experiments.config import ConfigError, load_config, save_config, to_dict
 from featbank.experiments.fit import OptimConfig
+from featbank.experiments.stats import to_jsonable
 
 # name -> (use_flow, use_bank, use_pace)
 ABLATIONS: dict[str, tuple[bool, bool, bool]] = {
@@ -417,7 +418,7 @@ def run_cfb(cfg: CfbConfig, out: str | Path, *, progress: bool = False, data: Cf
               "motion_pairs": [list(p) for p in cfg.features.motion_pairs],
               "seconds": time.perf_counter() - t0}
     result["motion_pair_acc"] = motion_pair_table(rows, cfg.features.motion_pairs)
-    (out / "metrics.json").write_text(json.dumps(_clean(result), indent=1) + "\n")
+    (out / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=1) + "\n")
     return result
 
 
@@ -430,20 +431,6 @@ def motion_pair_table(rows: Sequence[Mapping[str, Any]], pairs: Sequence[Sequenc
             table.append({"row": r["name"], "pair": [int(a), int(b)],
                           "acc_sf": [pc[a] if a < len(pc) else None, pc[b] if b < len(pc) else None]})
     return table
-
-
-def _clean(v: Any) -> Any:
-    import math
-
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def format_table(result: Mapping[str, Any]) -> str:
