@@ -100,7 +100,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
                         break
             except Exception:  # the store or set does not exist yet
                 pass
-            time.sleep(0.5)
+            try:  # wait on the job itself between looks: it must not end (video c hangs by design)
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(f"the job ended before it was killed: {proc.stdout.read().decode()}")
         else:
             pytest.fail("the job did not commit two videos in time")
         os.killpg(proc.pid, signal.SIGKILL)  # the job and its decoder worker
