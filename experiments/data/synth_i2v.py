@@ -167,7 +167,12 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 def _shape_mask(shape: str, side: int, angle: float) -> Image.Image:
     """An ``L`` mask of the shape, ``side`` pixels wide, rotated by ``angle`` degrees."""
-    big = side * 2  # draw at 2x, downsample for smooth edges
+    m = draw_shape(shape, side * 2)  # draw at 2x, downsample for smooth edges
+    return m.rotate(angle, resample=Image.BILINEAR).resize((side, side), Image.LANCZOS)
+
+
+def draw_shape(shape: str, big: int) -> Image.Image:
+    """An upright ``L`` mask (255 inside) of a named shape filling most of a ``big`` x ``big`` canvas."""
     m = Image.new("L", (big, big), 0)
     d = ImageDraw.Draw(m)
     c, r = big / 2, big * 0.46
@@ -202,7 +207,7 @@ def _shape_mask(shape: str, side: int, angle: float) -> Image.Image:
         d.polygon(poly(6, r, phase=0), fill=255)
     else:
         raise ValueError(f"unknown shape {shape!r}")
-    return m.rotate(angle, resample=Image.BILINEAR).resize((side, side), Image.LANCZOS)
+    return m
 
 
 def _texture(look: ClassLook, side: int, rng: np.random.Generator) -> Image.Image:

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from featbank.experiments.data.synth_i2v import write_mp4
+from featbank.experiments.data.synth_i2v import draw_shape, write_mp4
 
 MOTIONS = ("slide_horizontal", "slide_vertical", "orbit", "spin", "bounce", "pulse")
 BACKGROUNDS = ("stripes", "checker", "dots", "gradient", "grid", "blobs")
@@ -179,30 +179,7 @@ def draw_background(family: int, side: int, rng: np.random.Generator, dom: Domai
 def _object_sprite(shape: str, side: int, color: np.ndarray, color2: np.ndarray) -> tuple[Image.Image, Image.Image]:
     """(RGB sprite, L mask) of an object with a two-tone half (so rotation is visible)."""
     big = side * 2
-    m = Image.new("L", (big, big), 0)
-    d = ImageDraw.Draw(m)
-    c, r = big / 2, big * 0.46
-
-    def poly(k: int, r0: float, r1: float | None = None, phase: float = -90) -> list[tuple[float, float]]:
-        n = k * (2 if r1 is not None else 1)
-        return [(c + (r0 if (r1 is None or i % 2 == 0) else r1) * math.cos(math.radians(phase + 360 * i / n)),
-                 c + (r0 if (r1 is None or i % 2 == 0) else r1) * math.sin(math.radians(phase + 360 * i / n)))
-                for i in range(n)]
-
-    if shape == "circle":
-        d.ellipse([c - r, c - r, c + r, c + r], fill=255)
-    elif shape == "square":
-        d.rectangle([c - r * 0.8, c - r * 0.8, c + r * 0.8, c + r * 0.8], fill=255)
-    elif shape == "triangle":
-        d.polygon(poly(3, r), fill=255)
-    elif shape == "star":
-        d.polygon(poly(5, r, r * 0.45), fill=255)
-    elif shape == "cross":
-        w = r * 0.33
-        d.rectangle([c - r, c - w, c + r, c + w], fill=255)
-        d.rectangle([c - w, c - r, c + w, c + r], fill=255)
-    else:  # hexagon
-        d.polygon(poly(6, r, phase=0), fill=255)
+    m = draw_shape(shape, big)
     tex = np.empty((big, big, 3), np.float32)
     tex[:, : big // 2] = color
     tex[:, big // 2:] = color2
