@@ -974,15 +974,22 @@ class ZarrStore(FeatureStore):
         row_bytes = int(np.prod(info.row_shape)) * storage_dtype(info).itemsize
         layout = Layout.default(row_bytes, compression, rows_per_chunk)
         for k in range(1, len(parts)):
-            zarr.open_group(store=self.zstore, path="/".join(parts[:k]), mode="a", zarr_format=3)
+            self._require_group("/".join(parts[:k]))
         try:  # one metadata write: other processes never see the set without its attributes
             attrs = {"featbank_set": info.to_dict(), "featbank_layout": layout.to_dict()}
             zarr.create_group(store=self.zstore, path=info.name, zarr_format=3, overwrite=False,
                               attributes={**attrs, _SET_CRC: _attrs_crc(attrs)})
         except ContainsGroupError:  # another rank created it meanwhile
             return self.create_set(info, exist_ok=True)
-        zarr.open_group(store=self.zstore, path=f"{info.name}/segments", mode="a", zarr_format=3)
+        self._require_group(f"{info.name}/segments")
         return self.open_set(info.name, allow_stale=True)
+
+    def _require_group(self, path: str) -> None:
+        """Create the group at ``path`` unless it exists; another writer creating it meanwhile is fine."""
+        try:
+            zarr.open_group(store=self.zstore, path=path, mode="a", zarr_format=3)
+        except ContainsGroupError:  # created by another process between zarr's check and its write
+            pass
 
     def open_set(self, name: str, *, allow_stale: bool = False) -> ZarrFeatureSet:
         self._check_open()
