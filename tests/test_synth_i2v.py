@@ -124,6 +124,32 @@ def test_motion_direction_of_the_slide_pair():
         assert np.all(np.diff(cw[:, 2]) < 0) and np.all(np.diff(ccw[:, 2]) > 0)
 
 
+def test_reencoding_the_same_frames_in_one_process_gives_the_same_bytes(tmp_path):
+    """The root cause of two demos in one process disagreeing: libx264's macroblock-tree rate
+    control (on by default with CRF) wrote different bytes for identical frames within one
+    process, depending on what the process had allocated before (about 5 of these 8 videos
+    differed on every re-encode with it on). write_mp4 turns it off; allocations between the
+    rounds stand in for an extraction running in between."""
+    from featbank.experiments.data.synth_i2v import write_mp4
+
+    looks = class_looks(8)
+    vids = [draw_video(looks[i], 64, 16, np.random.default_rng(i)) for i in range(8)]
+
+    def encode(tag):
+        out = []
+        for i, v in enumerate(vids):
+            write_mp4(tmp_path / f"{tag}_{i}.mp4", v, 16)
+            out.append((tmp_path / f"{tag}_{i}.mp4").read_bytes())
+        return out
+
+    first = encode("a")
+    rng, junk = np.random.default_rng(0), []
+    for r in range(3):
+        junk += [bytes(int(n)) for n in rng.integers(100, 50_000, 200)]  # churn the heap
+        del junk[: len(junk) // 2]
+        assert encode(f"r{r}") == first
+
+
 def test_yuv_planes_are_bt601_limited_range():
     white = np.full((4, 4, 3), 255, np.uint8)
     black = np.zeros((4, 4, 3), np.uint8)

@@ -47,9 +47,10 @@ Layout of ``OUT``::
 
 Everything is a function of the seed (one independent stream per split, class and item):
 the same seed writes the same jpg bytes and the same decoded video frames. The videos are
-encoded from YUV planes computed here (no colour conversion inside FFmpeg, whose scaler
-state differed between the first and later encodes of a process) by single-threaded
-libx264.
+encoded from YUV planes computed here (no colour conversion inside FFmpeg) by single-threaded
+libx264 with macroblock-tree rate control off: with it on, re-encoding the same frames in one
+process gave different bytes (which videos differed depended on what the process had run
+before, e.g. an extraction), so two demos in one process read different videos.
 """
 
 from __future__ import annotations
@@ -371,8 +372,9 @@ def rgb_to_yuv420(frame: np.ndarray) -> np.ndarray:
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     """Write ``(T, H, W, 3)`` uint8 frames (even ``H``, ``W``) as an H.264 mp4, deterministically.
 
-    The YUV planes are computed by :func:`rgb_to_yuv420` and libx264 runs on one thread,
-    so the same frames give the same file bytes in any process.
+    The YUV planes are computed by :func:`rgb_to_yuv420`, libx264 runs on one thread and
+    without macroblock-tree rate control, so the same frames give the same file bytes in any
+    process, however often and after whatever else it ran.
     """
     import av
 
@@ -383,7 +385,11 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.options = {"crf": "18", "preset": "fast", "threads": "1"}
+        # mbtree=0: libx264's macroblock-tree rate control (on by default with CRF) gave different
+        # bitstreams for identical frames within one process (5 of 8 videos differed on a re-encode at
+        # 64 px; which ones depended on what the process had allocated before, e.g. an extraction);
+        # with it off, or with constant QP, every re-encode is byte-identical
+        stream.codec_context.options = {"crf": "18", "preset": "fast", "threads": "1", "x264-params": "mbtree=0"}
         stream.codec_context.thread_count = 1
         for f in frames:
             vf = av.VideoFrame.from_ndarray(rgb_to_yuv420(np.ascontiguousarray(f)), format="yuv420p")
