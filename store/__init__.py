@@ -15,13 +15,14 @@ from .errors import (
     UnknownVideoError,
     VideoConflictError,
 )
+from ._objects import BatchPolicy
 from .memory import MemoryFeatureSet, MemoryStore
 from .schema import SCHEMA_VERSION, BackboneSpec, FeatureSetInfo, VideoMeta, VideoRows
 from .zarr_store import COMPRESSIONS, ZarrFeatureSet, ZarrStore, open_store
 
 __all__ = [
     "COMPRESSIONS", "FAILURE_KEYS", "META_COLUMNS", "SCHEMA_VERSION",
-    "BackboneSpec", "FeatureSet", "FeatureSetInfo", "FeatureStore", "MemoryFeatureSet", "MemoryStore",
+    "BackboneSpec", "BatchPolicy", "FeatureSet", "FeatureSetInfo", "FeatureStore", "MemoryFeatureSet", "MemoryStore",
     "VideoMeta", "VideoRows", "ZarrFeatureSet", "ZarrStore", "iter_rows_of", "open_store",
     "CorruptDataError", "DimensionMismatchError", "FeatureSetConflictError", "ImportFormatError",
     "NonFiniteError", "NotAStoreError", "SchemaVersionError", "StaleFeaturesError", "StoreError",

@@ -13,6 +13,13 @@ from typing import Any
 
 import fsspec
 
+# fsspec protocols of object stores (immutable objects, no append): written through ``_objects``
+OBJECT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss"})
+
+
+def is_object_url(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0].lower() in OBJECT_PROTOCOLS
+
 
 class Files:
     """File access rooted at a store path (a local folder or an fsspec URL).
@@ -23,6 +30,9 @@ class Files:
     """
 
     def __init__(self, url: str, **storage_options: Any) -> None:
+        self.objects = is_object_url(url)
+        if self.objects:  # listings must be fresh: other machines add commit objects at any time
+            storage_options = {"use_listings_cache": False, **storage_options}
         if "://" in url and not url.startswith("file://"):
             self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
             self.local = False
@@ -105,6 +115,7 @@ class Appender:
     def __init__(self, files: Files, key: str) -> None:
         self.files, self.key = files, key
         self.fd: int | None = None
+        self.count = 0  # object stores: records written so far (each one its own object)
         if files.local:
             p = files.path(key)
             os.makedirs(os.path.dirname(p), exist_ok=True)
@@ -119,6 +130,9 @@ class Appender:
                 view = view[os.write(self.fd, view):]
             if fsync:
                 os.fsync(self.fd)
+        elif self.files.objects:  # no append on object stores: each record is a new numbered object
+            self.count += 1
+            self.files.fs.pipe_file(f"{self.files.path(self.key)[:-len('.jsonl')]}-{self.count:06d}.jsonl", data)
         else:
             with self.files.fs.open(self.files.path(self.key), "ab") as f:
                 f.write(data)

@@ -216,6 +216,7 @@ class Segment:
         self._frames = np.zeros((0, 2), np.int64)
         self.known_rows = 0  # rows committed per the index this process has loaded
         self.durable = False  # fsync data files before the caller commits (``open_store(fsync=True)``)
+        self.remote: Any = None  # object stores: ranged reads of the shard objects (``_objects.RemoteShards``)
 
     # ---- creation ---------------------------------------------------------------------
     @classmethod
@@ -375,12 +376,15 @@ class Segment:
 
     @property
     def direct(self) -> bool:
-        """True when reads bypass zarr-python (local store)."""
-        return self.fast or self.decoder is not None
+        """True when reads bypass zarr-python (local store, or ranged GETs on an object store)."""
+        return self.fast or self.decoder is not None or self.remote is not None
 
     def read_into(self, a: int, b: int, out: np.ndarray) -> None:
         """Copy stored rows ``[a, b)`` into ``out`` (shape ``(b - a, *row_shape)``, storage dtype)."""
         if b <= a:
+            return
+        if self.remote is not None:
+            self.remote.read_into(a, b, out)
             return
         if not self.direct:
             out[...] = self.array("feats", b)[a:b]

@@ -39,6 +39,7 @@ from zarr.errors import ContainsGroupError
 
 from ._files import Appender, Files
 from ._index import _META_FIELDS, VideoIndex, encode_record, meta_record, parse_log, rows_checksum, scan_log
+from ._objects import BatchPolicy, Objects, RemoteShards, batch_records, read_commit_objects
 from ._rows import check_video, decode, differences, meta_equal, prepare_rows, storage_dtype
 from ._segments import COMPRESSIONS, CorruptDataError, Layout, Segment
 from .base import FeatureSet, FeatureStore
@@ -92,6 +93,7 @@ class _IndexState:
     problems: list[str] = field(default_factory=list)  # damage: readers refuse, validate reports
     notes: list[str] = field(default_factory=list)  # not damage (e.g. checksums absent in old stores)
     lost: list[str] = field(default_factory=list)  # what a salvaging reader leaves out
+    ignored: list[str] = field(default_factory=list)  # torn commit objects (object stores): readers skip them
 
 
 class ZarrFeatureSet(FeatureSet):
@@ -105,6 +107,7 @@ class ZarrFeatureSet(FeatureSet):
         self._index: VideoIndex | None = None
         self._log_sizes: dict[str, int] = {}
         self._writer: _Writer | None = None
+        self._batches = (0, "", 0)  # object stores: (pid, writer id, batches opened) of this process
         self._ends: dict[str, int] = {}  # committed row count per segment (as far as known)
         self._lock = threading.RLock()
         self.lost: list[str] = []  # salvage only: what the reading left out, one line each
@@ -125,6 +128,8 @@ class ZarrFeatureSet(FeatureSet):
                 ``open_store(..., salvage=True)`` what is provably intact is read instead and
                 ``salvage_report()`` says what was left out.
         """
+        if self._store.objects is not None and self._writer is not None and self._writer.pid == os.getpid():
+            self._close_writer()  # commit this process's open batch first: it becomes visible to all
         for attempt in range(3):
             try:
                 return self._load_index(final=attempt == 2)
@@ -228,17 +233,35 @@ class ZarrFeatureSet(FeatureSet):
         pending: list[dict[str, Any]] = []
         sizes = dict(consumed)
         damaged_ids: set[str] = set()
-        for fname in files.listdir(f"{key}/_commits"):
+        objects, names = self._store.objects, files.listdir(f"{key}/_commits")
+        scans = read_commit_objects(objects, key, [f for f in names if f.endswith(".jsonl") and f[:-6] not in consumed]
+                                    ) if objects is not None else {}
+        for fname in names:
             if not fname.endswith(".jsonl"):
                 continue
             seg = fname[: -len(".jsonl")]
             start = consumed.get(seg, 0)
             try:
-                scan = scan_log(files.read(f"{key}/_commits/{fname}", offset=start), start)
+                if objects is not None:  # immutable commit objects: one the index consumed is done
+                    if seg in consumed:
+                        continue
+                    if fname not in scans:  # deleted by a compaction since the listing
+                        raise FileNotFoundError(fname)
+                    scan = scans[fname]
+                else:
+                    scan = scan_log(files.read(f"{key}/_commits/{fname}", offset=start), start)
             except FileNotFoundError:
                 if not final:
                     raise
                 continue
+            if objects is not None:
+                records = batch_records(scan, seg)
+                if records is None:
+                    state.ignored.append(f"{where}: commit object _commits/{fname} is torn or damaged; readers ignore "
+                                         "it (its videos are not visible: rerun the job to write them again, then "
+                                         "delete the object)")
+                    continue
+                scan.records = records
             sizes[seg] = scan.end
             for d in scan.damage:
                 line = f"line {d.line}" if start == 0 else f"line {d.line} after byte {start}"
@@ -352,6 +375,9 @@ class ZarrFeatureSet(FeatureSet):
 
     def _segment(self, name: str) -> Segment:
         seg = self._segments.get(name)
+        w = self._writer
+        if seg is None and w is not None and w.name == name and self._store.objects is not None:
+            self._close_writer()  # rows of this process's open batch: commit it, then read it back
         if seg is None:
             key = f"{self._key}/segments/{name}"
             try:
@@ -368,6 +394,8 @@ class ZarrFeatureSet(FeatureSet):
                           self._store.local_root, shard_rows)
             seg.known_rows = self._ends.get(name, 0) if self._index is not None else 0
             seg.durable = self._store.fsync
+            if self._store.objects is not None:
+                seg.remote = RemoteShards(self._store.objects, seg)
             self._segments[name] = seg
         return seg
 
@@ -413,6 +441,14 @@ class ZarrFeatureSet(FeatureSet):
         w = self._writer
         if w is not None and w.pid == os.getpid():
             return w
+        if self._store.objects is not None:  # object stores: one immutable segment per commit batch
+            pid, writer_id, count = self._batches
+            if pid != os.getpid():
+                pid, writer_id, count = os.getpid(), _new_id("w"), 0
+            batch = self._store.objects.batch_writer(self, writer_id, count)
+            self._batches = (pid, writer_id, count + 1)
+            self._writer = _Writer(batch.name, batch.seg, batch)  # type: ignore[arg-type]
+            return self._writer
         # first write of this process (or a forked child): a fresh segment nobody else touches
         name = _new_id("w")
         log = self._store.files.open_append(f"{self._key}/_commits/{name}.jsonl")
@@ -487,6 +523,8 @@ class ZarrFeatureSet(FeatureSet):
         pos = [self._pos(v) for v in video_ids]
         if not pos:
             return []
+        if self._store.objects is not None:
+            return self._store.objects.read_many(self, pos)
         seg_a, row_a, n_a = self.index.arrays()
         uniq = np.unique(np.asarray(pos, dtype=np.int64))
         order = uniq[np.lexsort((row_a[uniq], seg_a[uniq]))]
@@ -562,7 +600,7 @@ class ZarrFeatureSet(FeatureSet):
         with self._lock:
             state = self._read_state(salvage=False)
         idx = state.index
-        problems, notes = list(state.problems), list(state.notes)
+        problems, notes = list(state.problems) + state.ignored, list(state.notes)
         try:
             idx.cols  # the compacted metadata, checksum verified
         except CorruptDataError as e:
@@ -669,6 +707,8 @@ class ZarrFeatureSet(FeatureSet):
         files, key = self._store.files, self._key
         with self._lock:
             self._close_writer()
+            if self._store.objects is not None:  # the pointer as it was before this compaction read the index
+                self._pointer_etag = self._store.objects.etag(f"{key}/_index/CURRENT")
             self.refresh()
             idx = self.index
             current = [s for s in files.listdir(f"{key}/segments") if s != "zarr.json"]
@@ -766,7 +806,11 @@ class ZarrFeatureSet(FeatureSet):
         files.write_atomic(f"{key}/_index/{name}.npz", npz.getvalue())
         files.write_atomic(f"{key}/_index/{name}.meta.json", meta)
         files.write_atomic(f"{key}/_index/{name}.json", doc)
-        files.write_atomic(f"{key}/_index/CURRENT", json.dumps({"gen": name, "crc": google_crc32c.value(doc)}).encode())
+        pointer = json.dumps({"gen": name, "crc": google_crc32c.value(doc)}).encode()
+        if self._store.objects is not None:  # conditional PUT: a racing compaction cannot switch too
+            self._store.objects.switch_pointer(f"{key}/_index/CURRENT", pointer, self._pointer_etag)
+        else:
+            files.write_atomic(f"{key}/_index/CURRENT", pointer)
         files.write_atomic(f"{key}/segments/{name}/{_LIVE}", name.encode())  # switched: this segment is live
 
     def _close_writer(self) -> None:
@@ -798,7 +842,11 @@ class ZarrStore(FeatureStore):
             damaged commit records, an unusable compacted index and videos whose rows fail
             their checksum are left out, and ``salvage_report()`` lists each. Without it a
             damaged set is refused with ``CorruptDataError``.
-        **storage_options: passed to fsspec for URLs.
+        cache_dir: object stores (``s3://`` ...): a local folder that keeps every segment object
+            read (read-through cache for repeated epochs; default ``$FEATBANK_CACHE_DIR``, unset: none).
+        batch: object stores: when a writer commits its batch of videos (``BatchPolicy``).
+        **storage_options: passed to fsspec for URLs (credentials are best left to the
+            standard environment: ``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
 
     Raises:
         NotAStoreError: the path is not a featbank store (or missing in mode ``"r"``).
@@ -807,6 +855,7 @@ class ZarrStore(FeatureStore):
     """
 
     def __init__(self, path: str | os.PathLike, mode: str = "a", *, fsync: bool = False, salvage: bool = False,
+                 cache_dir: str | os.PathLike | None = None, batch: BatchPolicy | None = None,
                  **storage_options: Any):
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
@@ -815,6 +864,11 @@ class ZarrStore(FeatureStore):
         self.path, self.mode, self.fsync, self.salvage = os.fspath(path), mode, fsync, salvage
         self.files = Files(self.path, **storage_options)
         self.local_root = self.files.root if self.files.local else None
+        # object stores (s3:// ...): immutable objects only, batch commits (see store/_objects.py)
+        self.objects = Objects(self.files, batch or BatchPolicy(), os.fspath(cache_dir) if cache_dir else None
+                               ) if self.files.objects else None
+        if self.files.objects:
+            storage_options = {"use_listings_cache": False, **storage_options}
         self._sets: dict[str, ZarrFeatureSet] = {}
         self._closed = False
         self._failure_log: Appender | None = None
@@ -1168,7 +1222,8 @@ def open_store(path: str | os.PathLike, mode: str = "a", **storage_options: Any)
     """Open (or create) a featbank Zarr store.
 
     Args:
-        path: local folder, ``file://`` or fsspec URL (``memory://...``).
+        path: local folder, ``file://`` or fsspec URL (``memory://...``; ``s3://bucket/x.zarr`` writes
+            immutable objects in commit batches, see store/_objects.py).
         mode: ``"r"``, ``"a"`` (default) or ``"w"``; see ``ZarrStore``.
         **storage_options: ``fsync=True`` and fsspec options.
 
