@@ -16,6 +16,7 @@ Sizes are chosen so the whole demo fits in 10 minutes on 2 CPU cores (see docs/c
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,8 @@ class DemoConfig:
         static_clip_len: length of the static clip a still / frame is repeated to.
         frames_per_video: frames per target video for the image domain.
         clip_len: frames per window of the video features.
-        threads: torch CPU threads.
+        threads: torch CPU threads of the extraction (the cycle runs with its config's ``threads``:
+            1, the heads are so small that a second thread only adds synchronisation).
         cycle_config: CycDA config file (``configs/experiments/cycda_synth.yaml`` by default).
         cycle_overrides: ``key=value`` overrides on the cycle config.
         train_seeds: training seeds of the cycle (``S .. S + n - 1`` for benchmark seed ``S``).
@@ -189,6 +191,14 @@ def summarize_seeds(per_seed: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     return rows, stages
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (every thread)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Run the whole demo into ``out``; returns (and writes) ``out/results.json``."""
     import torch
@@ -202,24 +212,27 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     data_dir, store_path, run_dir = out / "data", out / "store.zarr", out / "cycda"
     timings: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # CPU seconds (user + sys, all threads) per phase: comparable under load
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     if _same_benchmark(data_dir, cfg):
         print(f"[1/5] the image->video benchmark v2 is already in {data_dir} (same seed and sizes): reused", flush=True)
     else:
         print(f"[1/5] generating the image->video benchmark v2 into {data_dir}", flush=True)
         generate(data_dir, cfg.data, progress=progress)
-    timings["generate"] = time.perf_counter() - t0
+    timings["generate"], cpu["generate"] = time.perf_counter() - t0, _cpu_seconds() - c0
 
     print(f"[2/5] extracting {cfg.backbone} features into {store_path} (once; committed videos are skipped)", flush=True)
+    c0 = _cpu_seconds()
     timings.update({f"extract_{k}": v for k, v in extract_benchmark(data_dir, store_path, cfg, progress=progress).items()})
+    cpu["extract"] = _cpu_seconds() - c0
 
     seeds = [cfg.data.seed + i for i in range(cfg.train_seeds)]
     print(f"[3/5] the CycDA cycle on the cached features, training seeds {seeds}", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     cycle_path = cfg.cycle_config or (DEFAULT_CYCLE_CONFIG if DEFAULT_CYCLE_CONFIG.is_file() else None)
     base = [f"features.store={store_path}", f"features.val_manifest={data_dir / 'target_val.txt'}",
-            f"threads={cfg.threads}", *cfg.cycle_overrides]
+            *cfg.cycle_overrides]
     ccfg = load_cycda_config(cycle_path, base)
     data = load_data(ccfg)  # read once, shared by every seed
     per_seed = []
@@ -228,13 +241,13 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
         per_seed.append(run_cycle(scfg, run_dir / f"seed{s}", data=data, progress=progress))
         st = per_seed[-1]["stages"]
         print(f"  seed {s}: source-only {st[0]['target_acc']:.3f} -> final {st[-1]['target_acc']:.3f}", flush=True)
-    timings["cycle"] = time.perf_counter() - t0
+    timings["cycle"], cpu["cycle"] = time.perf_counter() - t0, _cpu_seconds() - c0
     torch.set_num_threads(cfg.threads)
 
     print("[4/5] memory bank: nearest source stills of a target test frame", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     nn = nearest_neighbour_example(store_path, data_dir)
-    timings["bank"] = time.perf_counter() - t0
+    timings["bank"], cpu["bank"] = time.perf_counter() - t0, _cpu_seconds() - c0
     print(f"  query {nn['query']} (class {nn['query_class']})")
     for h in nn["neighbours"]:
         print(f"    {h['score']:.3f}  {h['class']:<26} {h['video']}")
@@ -261,6 +274,8 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig(), *, progress: bool 
                        "static_clip_len": cfg.static_clip_len, "frames_per_video": cfg.frames_per_video,
                        "clip_len": cfg.clip_len},
         "timings": timings,
+        "cpu_timings": cpu,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "plot": str(run_dir / f"seed{seeds[0]}" / "accuracy.png"),
         "cpu_seconds": time.process_time() - cpu_start,
     }

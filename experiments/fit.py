@@ -59,7 +59,8 @@ class OptimConfig:
         nesterov: Nesterov momentum (SGD).
         epochs: number of passes (>= 1).
         batch_size: examples per step (>= 1); read by the recipe's ``batches``.
-        schedule: ``constant``, ``cosine`` (to 0 over all epochs) or ``multistep``.
+        schedule: ``constant``, ``cosine`` (to 0 over all epochs), ``multistep`` or ``inv`` (the
+            DANN annealing ``lr * (1 + 10 p) ** -0.75``, ``p`` = epoch / epochs, set per epoch).
         milestones: epochs at which ``multistep`` multiplies the lr by ``gamma``.
         gamma: multistep factor in (0, 1].
         warmup_epochs: linear warm-up epochs before the schedule.
@@ -74,7 +75,7 @@ class OptimConfig:
     nesterov: bool = False
     epochs: int = 10
     batch_size: int = 32
-    schedule: Literal["constant", "cosine", "multistep"] = "constant"
+    schedule: Literal["constant", "cosine", "multistep", "inv"] = "constant"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     warmup_epochs: int = 0
@@ -166,6 +167,8 @@ def lr_factor(cfg: OptimConfig, epoch: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * e / total))
     if cfg.schedule == "multistep":
         return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    if cfg.schedule == "inv":  # Ganin & Lempitsky (2015): mu_p = mu_0 / (1 + 10 p) ** 0.75
+        return (1.0 + 10.0 * e / max(1, cfg.epochs - cfg.warmup_epochs)) ** -0.75
     return 1.0
 
 

@@ -66,14 +66,25 @@ def grl_coeff(progress: float, gamma: float = 10.0, high: float = 1.0) -> float:
 class DomainDiscriminator(nn.Module):
     """GRL -> Linear(in, hidden) -> ReLU -> Linear(hidden, 2), as published (128 -> 128 -> 2).
 
+    ``batch_norm=True`` is the Transfer-Learning-Library discriminator instead: two hidden
+    layers, each ``Linear -> BatchNorm1d -> ReLU``, then ``Linear(hidden, 2)``. Batch
+    statistics keep its hidden units from saturating when the features it sees grow or shift
+    during the min-max game.
+
     Args:
         in_features: feature dimension fed to the discriminator.
         hidden: hidden width.
+        batch_norm: the TLlib layout with BatchNorm (default: the published one without).
     """
 
-    def __init__(self, in_features: int = 128, hidden: int = 128) -> None:
+    def __init__(self, in_features: int = 128, hidden: int = 128, *, batch_norm: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        if batch_norm:
+            self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                                     nn.Linear(hidden, 2))
+        else:
+            self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
 
     def forward(self, feats: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
         """Domain logits of ``feats`` behind a GRL of coefficient ``coeff``.

@@ -63,6 +63,18 @@ def init_linear_normal(module: nn.Module, std: float | None = 0.01) -> nn.Module
 class CycdaImageHead(nn.Module):
     """Image model of CycDA: ``Linear(D, 128)`` then MLP ``128 -> 128 -> C`` (ReLU).
 
+    The embedding (``bottleneck``):
+
+    * ``"linear"``: ``Linear(D, 128)``, the released ``dim_reduct`` layer. Over cached features
+      it is the *only* trainable map in front of the classifier and the discriminator, and it
+      is unbounded: a reversed domain gradient can inflate it until every hidden ReLU of the
+      classifier is dead (measured on benchmark v2, see docs/cycda.md).
+    * ``"bn"``: ``Linear(D, 128) -> BatchNorm1d -> ReLU``, the bottleneck of the
+      Transfer-Learning-Library's DANN ``ImageClassifier``. In the released model the layer
+      that the reversed gradient trains next to ``dim_reduct`` is ResNet's ``layer4``, whose
+      BatchNorm + ReLU + pooling bound what ``dim_reduct`` sees; over frozen cached features
+      this bottleneck takes that role. Not in the released code (a named deviation).
+
     Args:
         in_features: feature dimension ``D`` (read from the store).
         num_classes: number of classes ``C``.
@@ -71,22 +83,40 @@ class CycdaImageHead(nn.Module):
         dropout: dropout between embedding and classifier (only with ``pre_activation``).
         pre_activation: ReLU (+ dropout) between embedding and classifier (not released).
         init_std: std of the normal weight init (0.01 released; ``None``: PyTorch default).
+        bottleneck: ``"linear"`` (released) or ``"bn"`` (TLlib bottleneck).
     """
 
     feats_ndim = 2  # forward takes (B, D)
+    BOTTLENECKS = ("linear", "bn")
 
     def __init__(self, in_features: int, num_classes: int, *, embed_dim: int = 128, hidden: int = 128,
-                 dropout: float = 0.0, pre_activation: bool = False, init_std: float | None = 0.01) -> None:
+                 dropout: float = 0.0, pre_activation: bool = False, init_std: float | None = 0.01,
+                 bottleneck: str = "linear") -> None:
         super().__init__()
+        if bottleneck not in self.BOTTLENECKS:
+            raise ValueError(f"bottleneck must be one of {self.BOTTLENECKS}, got {bottleneck!r}")
         self.in_features, self.num_classes, self.embed_dim = in_features, num_classes, embed_dim
-        self.project = nn.Linear(in_features, embed_dim)
+        self.bottleneck = bottleneck
+        if bottleneck == "bn":
+            self.project = nn.Sequential(nn.Linear(in_features, embed_dim), nn.BatchNorm1d(embed_dim), nn.ReLU())
+        else:
+            self.project = nn.Linear(in_features, embed_dim)
         pre = [nn.ReLU(), nn.Dropout(dropout)] if pre_activation else []
         self.classifier = nn.Sequential(*pre, nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         init_linear_normal(self, init_std)
 
+    @property
+    def batch_dependent(self) -> bool:
+        """True when the embedding of a row depends on its batch in training mode (BatchNorm)."""
+        return self.bottleneck == "bn"
+
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
         """The 128-d embedding: ``(B, D) -> (B, E)``."""
         return self.project(feats)
+
+    def classify(self, z: torch.Tensor) -> torch.Tensor:
+        """Class logits of embeddings: ``(B, E) -> (B, C)``."""
+        return self.classifier(z)
 
     def forward(self, feats: torch.Tensor) -> HeadOutput:
         """``(B, D)`` features -> ``HeadOutput(logits (B, C), embed (B, E))``."""

@@ -80,6 +80,13 @@ class ImageStageConfig:
             each of this many equal segments of the video's cached frames (TSN sampling,
             resampled every epoch); 0 uses every cached frame every epoch.
         fresh: stage 3 starts from a new image model (released); false continues from stage 1's.
+        bottleneck: the embedding in front of classifier and discriminator: ``linear`` (the
+            released ``Linear(D, 128)``) or ``bn`` (``Linear -> BatchNorm1d -> ReLU``, the
+            Transfer-Learning-Library DANN bottleneck; not released).
+        disc_batch_norm: the TLlib discriminator (two hidden layers with BatchNorm) instead of
+            the released ``128 -> 128 -> 2`` MLP.
+        schedule: ``constant`` (released) or ``inv`` (DANN annealing ``lr (1 + 10 p)^-0.75``, TLlib).
+        grad_clip: clip the global gradient norm to this value (0: off, released).
     """
 
     epochs: int = 20
@@ -98,9 +105,13 @@ class ImageStageConfig:
     init_std: float = 0.01
     frames_per_video: int = 3
     fresh: bool = True
+    bottleneck: Literal["linear", "bn"] = "linear"
+    disc_batch_norm: bool = False
+    schedule: Literal["constant", "inv"] = "constant"
+    grad_clip: float = 0.0
 
     def __post_init__(self) -> None:
-        self.optim()  # lr, momentum, weight decay, epochs, batch size
+        self.optim()  # lr, momentum, weight decay, epochs, batch size, schedule, grad_clip
         _check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         _check(self.adv_weight >= 0 and self.contrastive_weight >= 0,
                f"adv_weight and contrastive_weight must be >= 0, got {self.adv_weight}, {self.contrastive_weight}")
@@ -108,11 +119,14 @@ class ImageStageConfig:
         _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.init_std >= 0, f"init_std must be >= 0 (0: PyTorch default), got {self.init_std}")
         _check(self.frames_per_video >= 0, f"frames_per_video must be >= 0 (0: all), got {self.frames_per_video}")
+        _check(self.bottleneck in ("linear", "bn"), f"bottleneck must be linear or bn, got {self.bottleneck!r}")
+        _check(self.schedule in ("constant", "inv"), f"schedule must be constant or inv, got {self.schedule!r}")
 
     def optim(self) -> OptimConfig:
         """The shared fit loop's optimiser config."""
         return OptimConfig(optimizer=self.optimizer, lr=self.lr, momentum=self.momentum,
-                           weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size)
+                           weight_decay=self.weight_decay, epochs=self.epochs, batch_size=self.batch_size,
+                           schedule=self.schedule, grad_clip=self.grad_clip)
 
 
 @dataclass(frozen=True)

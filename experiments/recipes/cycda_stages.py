@@ -27,7 +27,7 @@ from featbank.experiments.recipes.cycda_sampler import (
     tsn_rows,
 )
 from featbank.heads.adaptation import DomainAdversarialLoss, DomainDiscriminator, grl_coeff
-from featbank.heads.cycda import ClassAwareContrastiveLoss, CycdaImageHead, CycdaVideoHead
+from featbank.heads.cycda import ClassAwareContrastiveLoss, CycdaImageHead, CycdaVideoHead, HeadOutput
 from featbank.heads.memory import SourceMemoryBank
 from featbank.heads.metrics import mean_class_accuracy, top1_accuracy
 from featbank.heads.pseudo_labels import (
@@ -157,7 +157,7 @@ def new_image_head(in_features: int, num_classes: int, cfg: ImageStageConfig, se
     """A fresh image model, initialised from ``seed`` (normal(0, init_std) as released)."""
     torch.manual_seed(seed)
     return CycdaImageHead(in_features, num_classes, embed_dim=cfg.embed_dim, hidden=cfg.hidden, dropout=cfg.dropout,
-                          pre_activation=cfg.pre_activation, init_std=cfg.init_std or None)
+                          pre_activation=cfg.pre_activation, init_std=cfg.init_std or None, bottleneck=cfg.bottleneck)
 
 
 def train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageConfig, seed: int, *,
@@ -181,7 +181,7 @@ def train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageConf
     dann = contrast = bank = sampler = None
     params = list(head.parameters())
     if adversarial and cfg.adv_weight > 0:
-        dann = DomainAdversarialLoss(DomainDiscriminator(cfg.embed_dim, cfg.hidden))
+        dann = DomainAdversarialLoss(DomainDiscriminator(cfg.embed_dim, cfg.hidden, batch_norm=cfg.disc_batch_norm))
         params += list(dann.parameters())
     yv = None
     if video_labels is not None and cfg.contrastive_weight > 0:
@@ -212,10 +212,17 @@ def train_image_model(head: CycdaImageHead, data: CycdaData, cfg: ImageStageConf
 
     def step(batch) -> dict[str, torch.Tensor]:
         bs, bt = batch
-        out_s = head(src.feats[bs].float())
+        if bt is not None and head.batch_dependent:
+            # one forward over both domains, so BatchNorm normalises with the statistics of the
+            # mixed batch (TLlib's DANN) and not of each domain apart
+            z = head.embed(torch.cat([src.feats[bs], tgt.feats[bt]]).float())  # (B_s + B_t, D) -> (B_s + B_t, E)
+            z_s, z_t = z[:len(bs)], z[len(bs):]
+            out_s = HeadOutput(head.classify(z_s), z_s)
+        else:
+            out_s = head(src.feats[bs].float())
+            if bt is not None:
+                z_t = head.embed(tgt.feats[bt].float())  # (B, D) -> (B, E)
         losses = dict(head.loss(out_s, ys[bs]))
-        if bt is not None:
-            z_t = head.embed(tgt.feats[bt].float())  # (B, D) -> (B, E)
         if dann is not None:
             adv = dann(out_s.embed, z_t, grl_coeff(state["step"] / max(1, total - 1)))
             losses["adv"] = cfg.adv_weight * adv.loss
@@ -372,8 +379,13 @@ def oracle(data: CycdaData, image_cfg: ImageStageConfig, video_cfg: VideoStageCo
     known = np.flatnonzero(lab >= 0)
     sub = tgt.subset(known)
     as_source = dataclasses.replace(data, source=sub)
-    head = new_image_head(sub.dim, data.num_classes, image_cfg, seed)
-    train_image_model(head, as_source, image_cfg, seed, adversarial=False, use_target=False, desc="oracle_image")
+    # as many steps as the source-only head takes (a larger batch over the target frames: every cached
+    # frame is a training row here, 8x the stills), not 8x the steps at batch 32
+    per_epoch_t = len(tsn_rows(tgt.offsets, image_cfg.frames_per_video, torch.Generator()))
+    so_steps = max(1, math.ceil(max(len(data.source.feats), per_epoch_t) / image_cfg.batch_size))
+    oracle_cfg = dataclasses.replace(image_cfg, batch_size=max(image_cfg.batch_size, math.ceil(len(sub.feats) / so_steps)))
+    head = new_image_head(sub.dim, data.num_classes, oracle_cfg, seed)
+    train_image_model(head, as_source, oracle_cfg, seed, adversarial=False, use_target=False, desc="oracle_image")
     m = image_metrics(head, data)
     rows.append({"name": "oracle_image", **m, "seconds": time.perf_counter() - t0})
     t0 = time.perf_counter()
