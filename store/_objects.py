@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import google_crc32c
 import numpy as np
+import zarr
 
 from ._index import encode_record, scan_log
 from ._rows import decode
@@ -74,7 +75,7 @@ def batch_records(scan: Any, name: str) -> list[dict[str, Any]] | None:
 
 def _is_precondition(e: BaseException) -> bool:
     text = f"{type(e).__name__} {e}"
-    return "PreconditionFailed" in text or "412" in text or isinstance(e, FileExistsError)
+    return any(s in text for s in ("PreconditionFailed", "412", "pre-condition")) or isinstance(e, FileExistsError)
 
 
 class Objects:
@@ -368,10 +369,14 @@ class BatchWriter:
         total, c = len(stored), fset.layout.rows_per_chunk
         rows_per_shard = min(fset.layout.read_rows_per_shard, max(c, -(-total // c) * c))
         key = f"{fset._key}/segments/{self.name}"
-        seg = Segment.create(fset._store.zstore, key, fset.info.row_shape, fset._sdtype, fset.layout, None,
-                             total, rows_per_shard)
+        # encoded in memory by zarr-python, then every object uploaded whole, in parallel, once
+        encoded: dict[str, Any] = {}
+        seg = Segment.create(zarr.storage.MemoryStore(store_dict=encoded), key, fset.info.row_shape, fset._sdtype,
+                             fset.layout, None, total, rows_per_shard)
         seg.write(0, stored, times, frames)
         seg.close()
+        mine = {self.objects.files.path(k): v.to_bytes() for k, v in encoded.items() if k.startswith(key + "/")}
+        self.objects.fs.pipe(mine)  # (zarr also wrote parent groups in memory: those exist already)
         self.seg.parts = []
         self._commit(b"".join(self.lines) + encode_record({"batch": self.name, "k": len(self.lines)}))
 
