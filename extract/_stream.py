@@ -11,7 +11,8 @@ worker takes every ``num_workers``-th video and, per video, yields
   loader keeps going).
 
 Frames are decoded by source index, each source frame once (a small cache of
-preprocessed frames carries the overlap of consecutive windows), through ``SafeDecoder``
+preprocessed frames carries the overlap of consecutive windows; each window is copied once,
+into shared memory inside a worker), through ``SafeDecoder``
 (a decoder worker process with a per-video timeout) or directly when the timeout is 0.
 """
 
@@ -212,6 +213,28 @@ def video_plan(task: VideoTask, info, sampling: Sampling) -> tuple[np.ndarray, n
     return src_idx, window_positions(len(src_idx), sampling)
 
 
+def gather_windows(pool: torch.Tensor, cols: np.ndarray) -> torch.Tensor:
+    """Windows of preprocessed frames, copied once into one tensor.
+
+    Args:
+        pool: ``(V, C, P, h, w)`` preprocessed frames.
+        cols: ``(n, L)`` column of ``pool`` for each frame of each window.
+
+    Returns:
+        ``(n, V, C, L, h, w)`` contiguous. Inside a DataLoader worker it is allocated in shared
+        memory, so handing it to the main process does not copy it again.
+    """
+    v, c, _, h, w = pool.shape
+    n, length = cols.shape
+    out = torch.empty((n, v, c, length, h, w), dtype=pool.dtype)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    idx = torch.from_numpy(np.ascontiguousarray(cols))
+    for i in range(n):
+        torch.index_select(pool, 2, idx[i], out=out[i])  # (V, C, L, h, w)
+    return out
+
+
 def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterator[Any]:
     """Items of one video: ``ClipChunk``... then ``VideoEnd``, or ``VideoFailed`` (never raises)."""
     from .transforms import preprocess
@@ -222,7 +245,8 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
         src_idx, positions = video_plan(task, info, opts.sampling)
         n_win = len(positions)
         times = np.full(len(src_idx), math.nan)  # (K,) seconds, filled as frames decode
-        cache: dict[int, torch.Tensor] = {}  # source index -> (V, C, h, w) preprocessed frame
+        pool: torch.Tensor | None = None  # (V, C, P, h, w) preprocessed frames still needed
+        col_of: dict[int, int] = {}  # source index -> its column in ``pool``
         time_of: dict[int, float] = {}
         # suffix minimum of each window's first source frame: frames below it are no longer needed
         first_src = src_idx[positions.min(axis=1)] if n_win else np.zeros(0, np.int64)
@@ -230,28 +254,29 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
         n_decoded = 0
         for a, b in chunk_windows(positions, src_idx, opts.chunk_frames):
             need = np.unique(src_idx[positions[a:b]])
-            missing = np.array([s for s in need if s not in cache], np.int64)
+            missing = np.array([s for s in need if s not in col_of], np.int64)
             if len(missing):
                 frames = reader.read(missing)
                 pixels = frames.frames
                 if opts.pixel_transform is not None:  # seeded per video: every chunk gets the same draw
                     pixels = opts.pixel_transform(np.asarray(pixels), task.video_id)
                 video = preprocess(pixels, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
+                base = 0 if pool is None else pool.shape[2]
+                pool = video if pool is None else torch.cat([pool, video], dim=2)
                 for j, s in enumerate(np.asarray(frames.indices, np.int64)):
-                    cache[int(s)] = video[:, :, j]
+                    col_of[int(s)] = base + j
                     time_of[int(s)] = float(frames.times[j])
                 n_decoded += len(missing)
             pos = positions[a:b]  # (n, L)
-            clips = torch.stack(
-                [torch.stack([cache[int(s)] for s in src_idx[p]], dim=2) for p in pos]
-            )  # n x (V, C, L, h, w) -> (n, V, C, L, h, w)
+            clips = gather_windows(pool, np.vectorize(col_of.__getitem__, otypes=[np.int64])(src_idx[pos]))
             for p in np.unique(pos):
                 times[p] = time_of[int(src_idx[p])]
             yield ClipChunk(task.key, a, clips)
-            if b < n_win:
-                for s in [s for s in cache if s < keep_from[b]]:
-                    del cache[s]
-        cache.clear()
+            if b < n_win:  # drop the frames no later window uses
+                keep = sorted((s, c) for s, c in col_of.items() if s >= keep_from[b])
+                pool = pool[:, :, [c for _, c in keep]] if len(keep) < pool.shape[2] else pool
+                col_of = {s: i for i, (s, _) in enumerate(keep)}
+        pool = None
         period = frame_period(times[~np.isnan(times)], opts.sampling.fps or info.fps)
         meta = VideoMeta(
             video_id=task.video_id,

@@ -160,9 +160,25 @@ def preprocess(frames: np.ndarray | torch.Tensor, spec: BackboneSpec, views: str
     Returns:
         ``(V, C, T, crop, crop)`` float32.
     """
-    x = to_float_clip(frames)  # (T, H, W, C) -> (C, T, H, W)
-    if x.shape[0] != spec.in_channels:
-        raise ValueError(f"{spec.name} expects {spec.in_channels} channels, frames have {x.shape[0]}")
-    x = resize_short_side(x, spec.resize)  # (C, T, H', W')
-    v = make_views(x, spec.crop, views)  # (V, C, T, crop, crop)
-    return normalize(v, spec.mean, spec.std).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(frames)) if isinstance(frames, np.ndarray) else frames
+    if x.ndim != 4 or x.dtype != torch.uint8:
+        raise ValueError(f"expected (T, H, W, C) uint8 frames, got {tuple(x.shape)} {x.dtype}")
+    if x.shape[-1] != spec.in_channels:
+        raise ValueError(f"{spec.name} expects {spec.in_channels} channels, frames have {x.shape[-1]}")
+    if min(x.shape[1:3]) == spec.resize:
+        # resizing is the identity: crop the uint8 frames first and convert only the pixels kept
+        # (the same values as converting first: every later step is per pixel)
+        v = make_views(x.permute(3, 0, 1, 2), spec.crop, views)  # (V, C, T, crop, crop) uint8
+        v = v.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+    else:
+        x = resize_short_side(to_float_clip(x), spec.resize)  # (C, T, H', W') in [0, 1]
+        v = make_views(x, spec.crop, views).contiguous()  # (V, C, T, crop, crop), a fresh tensor
+    return _normalize_(v, spec.mean, spec.std)
+
+
+def _normalize_(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``normalize`` in place on a contiguous ``(V, C, T, H, W)`` float clip (same values)."""
+    shape = [1, len(mean), 1, 1, 1]
+    m = torch.tensor(mean, dtype=x.dtype).view(shape)
+    s = torch.tensor(std, dtype=x.dtype).view(shape)
+    return x.sub_(m).div_(s)

@@ -142,3 +142,29 @@ def test_preprocess_flow_two_channels():
     assert out.shape == (2, 2, 2, 8, 8) and torch.allclose(out, torch.tensor(1.0))
     with pytest.raises(ValueError):
         preprocess(frames, spec(resize=10, crop=8, channels=3))
+
+
+@pytest.mark.parametrize("views", ["center", "3crop", "flip", "3crop+flip"])
+@pytest.mark.parametrize("hw", [(8, 12), (12, 8), (8, 8), (10, 14)])
+def test_preprocess_crops_before_converting_when_no_resize_is_needed_with_the_same_values(views, hw):
+    """Frames whose short side already is ``resize`` are cropped as uint8 first: the values equal
+    the convert-resize-crop-normalise order exactly (bit for bit), and the result is contiguous."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (5, *hw, 3), dtype=np.uint8)
+    sp = spec(resize=8, crop=6, mean=(0.45, 0.40, 0.35), std=(0.22, 0.23, 0.21))
+    out = preprocess(frames, sp, views=views)
+    x = resize_short_side(to_float_clip(frames), 8)
+    ref = normalize(make_views(x, 6, views), sp.mean, sp.std)
+    assert out.is_contiguous() and out.dtype == torch.float32
+    assert torch.equal(out, ref)
+
+
+def test_gather_windows_copies_each_window_once_in_order():
+    from featbank.extract._stream import gather_windows
+
+    pool = torch.arange(2 * 3 * 7 * 2 * 2, dtype=torch.float32).reshape(2, 3, 7, 2, 2)  # (V, C, P, h, w)
+    cols = np.array([[0, 1, 2], [2, 3, 4], [4, 4, 6]])  # overlapping windows, a repeated frame
+    out = gather_windows(pool, cols)
+    ref = torch.stack([pool[:, :, torch.as_tensor(c)] for c in cols])  # (n, V, C, L, h, w)
+    assert out.shape == (3, 2, 3, 3, 2, 2) and out.is_contiguous()
+    assert torch.equal(out, ref)

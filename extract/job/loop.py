@@ -36,7 +36,8 @@ def group_windows(rows: VideoRows, k: int) -> VideoRows:
 
 
 def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], workers: int | None = None):
-    """Start decoding ``tasks`` (DataLoader workers begin at once); returns the item iterator."""
+    """Start decoding ``tasks`` (DataLoader workers begin at once, in the background); returns the
+    item iterator."""
     from torch.utils.data import DataLoader
 
     from .._stream import StreamOptions, WindowStream, worker_init
@@ -68,6 +69,10 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
         worker_init_fn=worker_init if n_workers else None,
         multiprocessing_context=context,
     )
+    if n_workers:
+        # the workers start in a thread: starting them (a forkserver importing torch) takes
+        # seconds that the caller spends loading the engine at the same time
+        return _Prefetched(loader)
     return iter(loader)
 
 
@@ -113,7 +118,7 @@ def consume(
             on_failure(task, type(exc).__name__, str(exc))
 
     packer = ClipPacker(run_batch, cfg.batch_size, done)
-    source = _Prefetched(items) if cfg.workers > 0 else None
+    source = items if isinstance(items, _Prefetched) else (_Prefetched(items) if cfg.workers > 0 else None)
     waited = 0.0
     while True:
         if source is not None:
@@ -186,7 +191,7 @@ _EMPTY = object()
 
 
 class _Prefetched:
-    """The decoded-item iterator pulled by a thread into a small queue, so the model side can see
+    """The decoded items pulled by a thread into a small queue, so the model side can see
     whether the next item is already there (and run a partial batch when it is not). The queue
     holds at most two items, which keeps the job's memory bound; an exception of the iterator
     is re-raised on the model side."""
@@ -201,7 +206,7 @@ class _Prefetched:
 
     def _pump(self, items: Any) -> None:
         try:
-            for item in items:
+            for item in items:  # a DataLoader starts its workers here, in this thread
                 self._q.put(item)
             self._q.put(None)
         except BaseException as exc:  # handed to the model side
