@@ -31,12 +31,14 @@ never reused) in a local folder for repeated epochs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
@@ -86,6 +88,7 @@ class Objects:
         self.conditional = "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         cache_dir = cache_dir or os.environ.get("FEATBANK_CACHE_DIR") or None
         self.cache = None
+        self.whole: OrderedDict[str, bytes] | None = None  # while compacting: whole segment objects, LRU
         if cache_dir:  # one folder per store root (the root names no credentials)
             self.cache = os.path.join(os.path.abspath(cache_dir), hashlib.sha1(files.root.encode()).hexdigest()[:16])
 
@@ -157,10 +160,43 @@ class Objects:
             os.replace(tmp, local)
         return local
 
+    @contextlib.contextmanager
+    def compacting(self, budget: int = 512 << 20) -> Iterator[None]:
+        """Compaction reads every row in commit order: fetch each segment object whole, once, and
+        keep the most recent ones in memory (up to ``budget`` bytes), instead of one GET per video."""
+        self.whole = OrderedDict()
+        self._whole_budget = budget
+        try:
+            yield
+        finally:
+            self.whole = None
+
+    def _fetch_whole(self, paths: list[str], starts: list[int], ends: list[int | None]) -> list[bytes]:
+        assert self.whole is not None
+        missing = sorted({p for p in paths if p not in self.whole})
+        if missing:
+            got = self.fs.cat(missing, on_error="return")
+            for p in missing:
+                g = got.get(p)
+                if not isinstance(g, bytes):
+                    raise CorruptDataError(f"object {p[len(self.files.root):].lstrip('/')} is missing or unreadable")
+                self.whole[p] = g
+        out = []
+        for p, s, e in zip(paths, starts, ends):
+            self.whole.move_to_end(p)
+            data = self.whole[p]
+            out.append(data[s:] if s < 0 else data[s:e])
+        total = sum(len(v) for v in self.whole.values())
+        while len(self.whole) > 1 and total > self._whole_budget:
+            total -= len(self.whole.popitem(last=False)[1])
+        return out
+
     def fetch(self, paths: list[str], starts: list[int], ends: list[int | None]) -> list[bytes]:
         """Byte ranges ``[start, end)`` of objects (negative start: a suffix), all in parallel."""
         if not paths:
             return []
+        if self.whole is not None:
+            return self._fetch_whole(paths, starts, ends)
         if self.cache is not None:
             out = []
             for p, s, e in zip(paths, starts, ends):

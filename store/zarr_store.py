@@ -21,6 +21,7 @@ new index, switches ``_index/CURRENT`` atomically, then deletes what it supersed
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -721,7 +722,8 @@ class ZarrFeatureSet(FeatureSet):
                 return False
             name = _new_id("c")
             try:
-                self._compact_into(name, idx)
+                with self._store.objects.compacting() if self._store.objects is not None else contextlib.nullcontext():
+                    self._compact_into(name, idx)
             except BaseException:
                 seg_obj = self._segments.pop(name, None)
                 if seg_obj is not None:
