@@ -171,6 +171,10 @@ def resolve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    if not getattr(args, "print_config", False) and getattr(args, "workers", None) != 0:
+        from featbank.extract.worker_server import start_worker_server
+
+        start_worker_server()  # the workers' server imports torch on another core while this process does
     import yaml
 
     from featbank.experiments.config import ConfigError, to_dict

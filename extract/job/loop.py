@@ -59,7 +59,9 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
 
         context = multiprocessing.get_context(cfg.start_method)
         if cfg.start_method == "forkserver":  # workers fork from a server that has these imported
-            context.set_forkserver_preload(["torch", "featbank.extract._stream", "featbank.extract.transforms"])
+            from ..worker_server import WORKER_PRELOAD
+
+            context.set_forkserver_preload(list(WORKER_PRELOAD))
     loader = DataLoader(
         WindowStream(tasks, opts),
         batch_size=None,

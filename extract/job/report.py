@@ -22,6 +22,8 @@ class ExtractSummary:
         wait_seconds: part of it the model side spent waiting for decoded windows.
         startup_seconds: from the call of ``run_extraction`` to the end of the first model call
             (manifest, model build, engine set-up, set creation, first decoded windows).
+        launch_seconds: from the launch of this process (interpreter start, imports included) to
+            the end of the first model call; 0 where the process start time is unknown.
         failures: ``(video_id, kind, message)`` of each failed video.
         verify: the ``VerifyReport`` when ``cfg.verify`` > 0.
     """
@@ -38,6 +40,7 @@ class ExtractSummary:
     seconds: float = 0.0
     wait_seconds: float = 0.0
     startup_seconds: float = 0.0
+    launch_seconds: float = 0.0
     failures: list[tuple[str, str, str]] = field(default_factory=list)
     verify: "VerifyReport | None" = None
 
@@ -58,7 +61,8 @@ class ExtractSummary:
             f"{self.n_written} written, {self.n_skipped} already committed, {len(self.failures)} failed "
             f"of {self.n_videos} videos; {self.n_rows} rows, {self.n_frames} frames in {self.seconds:.1f}s "
             f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding; first batch computed "
-            f"{self.startup_seconds:.1f}s after start)"
+            f"{self.startup_seconds:.1f}s after start"
+            + (f", {self.launch_seconds:.1f}s after launch)" if self.launch_seconds else ")")
             + ("; compacted" if self.compacted else "")
         ]
         for vid, kind, msg in self.failures:
@@ -101,3 +105,19 @@ class VerifyReport:
         lines += [f"  {v}: {d:.3g}" for v, d in self.per_video.items() if d > self.tolerance]
         lines += [f"  FAILED {v} [{k}]: {m}" for v, k, m in self.failures]
         return "\n".join(lines)
+
+
+def seconds_since_launch() -> float:
+    """Wall seconds since this process started (Linux: ``/proc``; 0.0 elsewhere)."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(float(line.split()[1]) for line in f if line.startswith("btime"))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in ticks
+        return max(0.0, time.time() - started)
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0

@@ -23,7 +23,7 @@ from .config import ExtractConfig, default_set_name
 from .distributed import OwnedGroup, init_distributed
 from .loop import consume, open_stream
 from .provenance import set_info, settings_differences
-from .report import ExtractSummary
+from .report import ExtractSummary, seconds_since_launch
 from .runtime import build_pipeline, prepare_engine
 from .tasks import duration_weights, load_tasks
 from .verify import verify_extraction
@@ -138,6 +138,7 @@ def _run_shard(cfg: ExtractConfig, tasks_all: list, rank: int, world: int, dist:
         def on_batch() -> None:
             if not summary.startup_seconds:
                 summary.startup_seconds = time.perf_counter() - started
+                summary.launch_seconds = seconds_since_launch()
 
         summary.wait_seconds = consume(cfg, pipe, todo, items, on_rows, on_failure, on_frames, on_batch)
         summary.seconds = time.perf_counter() - t0
