@@ -319,3 +319,13 @@ def test_job_compacts_its_set_at_the_end_but_not_one_array_task(videos, tmp_path
         assert sorted(fs.video_ids()) == sorted(ref.video_ids())
         for vid in ref.video_ids():
             assert np.array_equal(fs.read(vid).feats, ref.read(vid).feats)
+
+
+def test_summary_times_the_first_model_call_from_the_job_call_and_from_process_launch(base_run):
+    from featbank.extract.job.report import seconds_since_launch
+
+    _, _, summary = base_run
+    assert 0 < summary.startup_seconds <= summary.launch_seconds  # imports happened before the job call
+    age = seconds_since_launch()
+    assert summary.launch_seconds < age  # the job ran after this process started, before now
+    assert "computing started" in summary.format() and "after launch" in summary.format()

@@ -101,9 +101,8 @@ def consume(
     by_key = {t.key: t for t in tasks}
 
     def run_batch(clips: torch.Tensor) -> torch.Tensor:
-        out = pipe.engine(clips)  # (B, V, C, L, h, w) -> (B, R, V, *F)
-        on_batch()
-        return out
+        on_batch()  # computing starts
+        return pipe.engine(clips)  # (B, V, C, L, h, w) -> (B, R, V, *F)
 
     def done(end: VideoEnd, outputs: torch.Tensor | None) -> None:
         task = by_key[end.key]

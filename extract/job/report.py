@@ -20,10 +20,10 @@ class ExtractSummary:
         n_frames: source frames decoded.
         seconds: wall time of the extraction loop.
         wait_seconds: part of it the model side spent waiting for decoded windows.
-        startup_seconds: from the call of ``run_extraction`` to the end of the first model call
+        startup_seconds: from the call of ``run_extraction`` to the start of the first model call
             (manifest, model build, engine set-up, set creation, first decoded windows).
         launch_seconds: from the launch of this process (interpreter start, imports included) to
-            the end of the first model call; 0 where the process start time is unknown.
+            the start of the first model call; 0 where the process start time is unknown.
         failures: ``(video_id, kind, message)`` of each failed video.
         verify: the ``VerifyReport`` when ``cfg.verify`` > 0.
     """
@@ -60,7 +60,7 @@ class ExtractSummary:
             f"feature set {self.feature_set!r} in {self.store} (shard {self.shard[0]}/{self.shard[1]}): "
             f"{self.n_written} written, {self.n_skipped} already committed, {len(self.failures)} failed "
             f"of {self.n_videos} videos; {self.n_rows} rows, {self.n_frames} frames in {self.seconds:.1f}s "
-            f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding; first batch computed "
+            f"({rate:.1f} frames/s, {self.wait_seconds:.1f}s waiting for decoding; computing started "
             f"{self.startup_seconds:.1f}s after start"
             + (f", {self.launch_seconds:.1f}s after launch)" if self.launch_seconds else ")")
             + ("; compacted" if self.compacted else "")
