@@ -8,7 +8,6 @@ zarr-python. Kills are driven by what the child reports on its stdout, never by 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
