@@ -70,7 +70,7 @@ class DemoConfig:
     threads: int = 2
     cycle_config: str = ""
     cycle_overrides: tuple[str, ...] = ()
-    train_seeds: int = 5
+    train_seeds: int = 10
 
 
 def extract_benchmark(data_dir: Path, store_path: Path, cfg: DemoConfig, *, progress: bool = True) -> dict[str, float]:

@@ -74,14 +74,16 @@ def register(sub, groups) -> None:
                        "seeds; prints a table and writes OUT/results.json. Each fits 10 minutes on 2 CPU cores.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n  featbank demo                                # cycda: benchmark v2, "
-                       "I3D features once, the cycle over 5 training seeds\n"
-                       "  featbank demo --out demo_out --seed 1         # another benchmark seed (training seeds 1..5)\n"
+                       "I3D features once, the cycle over 10 training seeds\n"
+                       "  featbank demo --out demo_out --seed 1         # another benchmark seed (training seeds 1..10)\n"
                        "  featbank demo --out demo_out safeguards=false # the released CycDA behaviour on the "
                        "same store\n  featbank demo --recipe cfb --out demo_cfb")
     d.add_argument("--recipe", default="cycda", choices=sorted(DEMOS), help="which recipe (default: cycda)")
     d.add_argument("--out", default=None, help="output folder (default: demo_out for cycda, demo_out_RECIPE otherwise)")
     d.add_argument("--seed", type=int, default=0, help="benchmark and training seed")
     d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    d.add_argument("--train-seeds", type=int, default=None,
+                   help="cycda: training seeds of the cycle, SEED .. SEED+N-1 (default 10)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("overrides", nargs="*", help="key=value overrides of the CycDA config")
     d.add_argument("--traceback", action="store_true")
@@ -184,9 +186,14 @@ def _demo_cycda(args: argparse.Namespace) -> int:
 
     from featbank.experiments.recipes.cycda import load_cycda_config
 
+    from featbank.experiments.config import ConfigError
+
     base = DemoConfig()
+    n_seeds = base.train_seeds if args.train_seeds is None else args.train_seeds
+    if n_seeds < 2:
+        raise ConfigError(f"--train-seeds must be >= 2 (an interval needs two seeds), got {n_seeds}")
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, seed=args.seed), threads=args.threads,
-                              cycle_overrides=tuple(args.overrides))
+                              cycle_overrides=tuple(args.overrides), train_seeds=n_seeds)
     load_cycda_config(cfg.cycle_config or None, list(cfg.cycle_overrides))  # bad overrides fail before any work
     run_demo(args.out, cfg, progress=not args.no_progress and sys.stderr.isatty())
     return 0
