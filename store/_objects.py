@@ -1,9 +1,9 @@
 """Feature sets on object stores (S3 and other fsspec object stores): immutable objects only.
 
 Object stores have no append, no rename and no in-place write, so a writer there never
-touches an object twice. It gathers videos in memory and commits them in *batches*: every
-``batch_videos`` videos, ``batch_seconds`` seconds or ``batch_bytes`` bytes (and when the set
-is closed, refreshed or compacted), it writes
+touches an object twice. It gathers videos in memory and commits them in *batches*: when
+``BatchPolicy.videos`` videos, ``seconds`` or ``bytes`` is reached (checked as videos are
+written) and when the set is closed, refreshed or compacted, it writes
 
 1. a new segment ``SET/segments/w-<writer>-<n>`` holding exactly the batch's rows, every
    shard and chunk object written once and whole (plain Zarr v3 arrays, so zarr-python
