@@ -18,7 +18,8 @@ vectors, removed from the indexed set, for ``real``). Every index is searched wi
 query batch as exact search (faiss ``IndexFlatIP`` on the normalised vectors, same threads, same
 process); time per query is the best of ``--repeats`` batch runs. Rows:
 
-* exact search; ``IVF{nlist},Flat``, ``IVF{nlist},SQ8``, ``HNSW32`` built explicitly with
+* exact search; ``IVF{nlist},Flat``, ``IVF{nlist},SQ8``, ``IVF{nlist},PQ{D/2}x4fs,RFlat`` (fast-scan
+  codes re-ranked exactly), ``HNSW32`` built explicitly with
   ``FaissBank.from_arrays`` (search parameters tuned on held-out data vectors to the target);
 * ``auto`` with ``flat_max`` = ``--flat-max`` (so that sets this size are not simply exact), and
   the candidates ``auto`` weighed (measured by ``auto`` itself on its own held-out queries).
@@ -153,10 +154,10 @@ def run_mode(mode: str, x: np.ndarray, q: np.ndarray, args) -> dict:
     ms_exact = 1000 * t_exact / len(q)
     del exact, xn
     print(f"[{mode}] exact search: {ms_exact:.3f} ms/query (batch of {len(q)})", flush=True)
-    print(f"[{mode}] {'index':28s} {'build s':>8s} {'ms/query':>9s} {'speedup':>8s} {'recall@10':>10s} {'param':>14s}")
+    print(f"[{mode}] {'index':28s} {'build s':>8s} {'ms/query':>9s} {'speedup':>8s} {'recall@10':>10s} {'param':>22s}")
     rows: dict[str, dict] = {"exact": {"ms_per_query": round(ms_exact, 4), "speedup_vs_exact": 1.0, "recall_at_10": 1.0}}
     nlist = auto_nlist(n)
-    specs = [s.replace("{nlist}", str(nlist)) for s in args.indexes]
+    specs = [s.replace("{nlist}", str(nlist)).replace("{half}", str(dim // 2)) for s in args.indexes]
     for spec in specs:
         if spec.startswith("IVF") and nlist * 39 > n:
             print(f"[{mode}] {spec:28s} skipped: {n} vectors are too few to train {nlist} lists")
@@ -171,12 +172,14 @@ def run_mode(mode: str, x: np.ndarray, q: np.ndarray, args) -> dict:
         rec = neighbour_recall(ids, exact_i, k=k)
         info = bank.info
         param = f"nprobe={info.nprobe}" if info.nprobe else (f"efSearch={info.ef_search}" if info.ef_search else "-")
+        param += f",k_factor={info.k_factor}" if info.k_factor else ""
         name = f"auto -> {info.index}" if spec == "auto" else spec
-        print(f"[{mode}] {name:28s} {build_s:8.1f} {ms:9.3f} {ms_exact / ms:8.1f} {rec:10.4f} {param:>14s}", flush=True)
+        print(f"[{mode}] {name:28s} {build_s:8.1f} {ms:9.3f} {ms_exact / ms:8.1f} {rec:10.4f} {param:>22s}", flush=True)
         rows[spec] = {
             "index": info.index, "build_s": round(build_s, 2), "ms_per_query": round(ms, 4),
             "speedup_vs_exact": round(ms_exact / ms, 2), "recall_at_10": round(rec, 4),
             "heldout_recall_at_10": info.recall_at_10, "nprobe": info.nprobe, "ef_search": info.ef_search,
+            "k_factor": info.k_factor,
             "warning": info.warning,
         }
         if spec == "auto":
@@ -208,7 +211,9 @@ def main() -> None:
     ap.add_argument("--build-budget", type=float, default=None, help="auto's build budget (s)")
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss OpenMP threads (0: faiss default). 1 on a shared machine: spinning threads stall")
-    ap.add_argument("--indexes", nargs="+", default=["IVF{nlist},Flat", "IVF{nlist},SQ8", "HNSW32", "auto"])
+    ap.add_argument("--indexes", nargs="+",
+                    default=["IVF{nlist},Flat", "IVF{nlist},SQ8", "IVF{nlist},PQ{half}x4fs,RFlat", "HNSW32", "auto"],
+                    help="faiss factories ({nlist}: auto's list count, {half}: dim/2) and/or auto")
     args = ap.parse_args()
 
     if args.threads > 0:

@@ -334,6 +334,9 @@ def _choose_auto(xb, n_total, dim, ho, metric_type, target, budget, build_budget
     ivf = _auto.ivf_factory(n_total, dim, budget)
     n_train = int(min(n, train_size or 40 * nlist))
     consider(ivf or f"IVF{nlist},SQ8", _auto.estimate_ivf_seconds(n, dim, nlist, n_train, flops))
+    fastscan = _auto.fastscan_factory(n_total, dim, budget)
+    if fastscan is not None:
+        consider(fastscan, _auto.estimate_ivf_seconds(n, dim, nlist, n_train, flops))
     # HNSW: compare M on a pilot when the set is large, build the best one in full
     if n <= 2 * _auto.PILOT_N:
         prev = None
@@ -659,7 +662,7 @@ class FaissBank:
             for name, value in (("nprobe", self.info.nprobe), ("efSearch", self.info.ef_search),
                                 ("k_factor", self.info.k_factor)):
                 if value:
-                    ps.set_index_parameter(target, name, int(value))
+                    _auto.set_search_param(ps, target, name, value)
 
     def _exact_over_index(self, q: np.ndarray, k: int) -> np.ndarray:
         """Exact top-``k`` internal ids of ``q`` over the vectors stored in the index (chunked).

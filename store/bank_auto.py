@@ -14,6 +14,12 @@ raised until it does. The vectors are added to the index once tuning is done.
 whose estimated build time would not fit what is left of it):
 
 * ``IVF{nlist},Flat`` (``SQfp16`` / ``SQ8`` when float32 codes do not fit), nprobe tuned;
+* ``IVF{nlist},PQ{D/2}x4fs,RFlat``: 4-bit fast-scan product codes (SIMD table lookups, about a
+  sixteenth of the float32 bytes scanned) shortlist ``k_factor * k`` vectors in the probed lists,
+  which are then re-ranked exactly against the float32 vectors the index keeps (so it needs the
+  memory of exact search plus the codes); nprobe and ``k_factor`` tuned together. On data whose
+  neighbourhoods cut across IVF cells (learned embeddings) many lists must be probed, and scanning
+  them as fast-scan codes instead of float32 vectors is what keeps IVF ahead of exact search;
 * ``HNSW{M},Flat`` with ``M`` in ``HNSW_MS``, efSearch tuned. Above ``2 * PILOT_N`` vectors
   the three ``M`` are compared on a pilot of ``PILOT_N`` vectors and only the fastest is
   built in full; the pilot's build time, scaled by ``N log N``, is the build-time estimate.
@@ -37,6 +43,7 @@ PILOT_N = 5_000
 DEFAULT_BUILD_BUDGET = 600.0  # seconds
 MIN_HOLDOUT = 20  # held-out vectors below which tuning falls back to the training vectors
 K = 10
+REFINE_FACTORS = (4, 8, 16, 32)  # re-ranking shortlist factors tried, each with its smallest nprobe
 
 
 def _faiss():
@@ -150,6 +157,17 @@ def refine_of(index):
     return idx if isinstance(idx, faiss.IndexRefine) else None
 
 
+def set_search_param(ps, index, name: str, value: int) -> None:
+    """Set ``nprobe`` / ``efSearch`` / ``k_factor`` on ``index`` through a faiss ``ParameterSpace``.
+
+    faiss names the re-ranking factor of an ``IndexRefine`` ``k_factor_rf`` (plain ``k_factor``
+    would be passed on to its base index, which has none).
+    """
+    if name == "k_factor" and refine_of(index) is not None:
+        name = "k_factor_rf"
+    ps.set_index_parameter(index, name, int(value))
+
+
 def param_range(index) -> tuple[str, int, int] | None:
     """The search-time knob of ``index``: ``(name, lowest, highest)``, or None."""
     ivf, hnsw = ivf_of(index), hnsw_of(index)
@@ -214,7 +232,7 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
         searcher = index
 
     def set_param(name: str, v: int) -> None:
-        ps.set_index_parameter(index, name, int(v))
+        set_search_param(ps, index, name, v)
 
     def rec_tune(name: str, v: int) -> float:
         set_param(name, v)
@@ -240,11 +258,32 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
     refine = refine_of(index)
     knob = param_range(index)
     try:
-        if refine is not None:
-            params["k_factor"] = 4
-            set_param("k_factor", 4)
         rec = None
-        if knob is not None:
+        if refine is not None and knob is not None:
+            # a longer shortlist lets fewer lists be probed: each factor with its smallest nprobe,
+            # the fastest pair that reaches the target on the tune half wins
+            best = None  # (seconds, k_factor, nprobe, recall)
+            name, lo, hi = knob
+            for kf in REFINE_FACTORS:
+                set_param("k_factor", kf)
+                try:
+                    v, r = smallest_reaching(lambda v: rec_tune(name, v), lo, hi, target)
+                except _TooSlow:
+                    state["k_factor"] = kf
+                    continue
+                if r >= target:
+                    set_param(name, v)
+                    secs = time_search(searcher, ho.tune, k)[0]
+                    if best is None or secs < best[0]:
+                        best = (secs, kf, v, r)
+            if best is not None:
+                _, params["k_factor"], params[name], rec = best
+            elif "k_factor" in state:  # every factor became too slow before reaching the target
+                raise _TooSlow
+        if refine is not None and "k_factor" not in params:
+            params["k_factor"] = REFINE_FACTORS[0]
+            set_param("k_factor", REFINE_FACTORS[0])
+        if knob is not None and knob[0] not in params:
             name, lo, hi = knob
             params[name], rec = smallest_reaching(lambda v: rec_tune(name, v), lo, hi, target)
         if refine is not None and (rec is None or rec < target):
@@ -252,6 +291,9 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
         if rec is None:
             rec = recall_at(searcher.search(ho.tune, k)[1], ho.tune_exact, k)
     except _TooSlow:
+        if "k_factor" in state:
+            params["k_factor"] = int(state["k_factor"])
+            set_param("k_factor", state["k_factor"])
         params[state["name"]] = int(state["value"])
         set_param(state["name"], state["value"])
         r_check = recall_at(searcher.search(ho.check, k)[1], ho.check_exact, k)
@@ -280,12 +322,19 @@ def auto_nlist(n: int) -> int:
 
 def index_bytes(factory: str, n: int, dim: int) -> int:
     """Rough resident size of ``factory`` holding ``n`` vectors (codes + ids + graph links)."""
+    import re
+
     f = factory.upper()
     per = 4 * dim
+    pq = re.search(r"PQ(\d+)(?:X(\d+))?", f)
     if "SQFP16" in f:
         per = 2 * dim
     elif "SQ8" in f:
         per = dim
+    elif pq:
+        per = -(-int(pq.group(1)) * int(pq.group(2) or 8) // 8)  # M codes of nbits each
+    if "RFLAT" in f:
+        per += 4 * dim  # the float32 vectors kept for exact re-ranking
     extra = 0
     if f.startswith("IVF"):
         extra = 8 + (4 * dim * auto_nlist(n)) // max(n, 1)  # ids + centroids
@@ -302,6 +351,15 @@ def ivf_factory(n: int, dim: int, budget: int) -> str | None:
         if index_bytes(f, n, dim) <= budget:
             return f
     return None
+
+
+def fastscan_factory(n: int, dim: int, budget: int) -> str | None:
+    """``IVF{nlist},PQ{dim/2}x4fs,RFlat`` (2 dimensions per 4-bit code), or None when ``dim`` is
+    odd or the float32 vectors it keeps for re-ranking do not fit ``budget``."""
+    if dim % 2:
+        return None
+    f = f"IVF{auto_nlist(n)},PQ{dim // 2}x4fs,RFlat"
+    return f if index_bytes(f, n, dim) <= budget else None
 
 
 def estimate_ivf_seconds(n: int, dim: int, nlist: int, n_train: int, flops_per_s: float) -> float:

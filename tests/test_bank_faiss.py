@@ -89,6 +89,27 @@ def test_tuned_index_reaches_recall_target(factory):
     assert neighbour_recall(i, ei, 10) >= 0.93
 
 
+def test_fast_scan_codes_with_exact_reranking_tune_shortlist_and_lists_together(tmp_path):
+    """``IVF..,PQ..x4fs,RFlat``: nprobe and the re-ranking factor are tuned as a pair, both are set on
+    the index (faiss calls the factor ``k_factor_rf`` on an IndexRefine), and a save/load keeps them."""
+    import faiss
+
+    x = _embedding_like(12_000, 32, 3)
+    bank = FaissBank.from_arrays(x, index="IVF64,PQ16x4fs,RFlat", recall_target=0.95, tune_queries=300)
+    info = bank.info
+    assert info.recall_at_10 >= 0.95 and not info.warning
+    assert info.k_factor in (4, 8, 16, 32) and 1 <= info.nprobe <= 64
+    refine = faiss.downcast_index(bank.index)
+    assert int(refine.k_factor) == info.k_factor and faiss.extract_index_ivf(bank.index).nprobe == info.nprobe
+    q = _embedding_like(300, 32, 4)
+    _, ei = exact_search(x, q, 10, metric="cosine")
+    assert neighbour_recall(bank.search(q, 10)[1], ei, 10) >= 0.93  # fresh queries
+    bank.save(tmp_path / "fs")
+    again = FaissBank.load(tmp_path / "fs")
+    assert int(faiss.downcast_index(again.index).k_factor) == info.k_factor
+    assert np.array_equal(again.search(q, 10)[1], bank.search(q, 10)[1])
+
+
 def test_auto_choice(monkeypatch):
     assert choose_index(1000, 512) == "Flat"
     assert choose_index(200_000, 512, memory_budget=1 << 40) == "IVF1024,Flat"
