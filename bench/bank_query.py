@@ -18,7 +18,7 @@ vectors, removed from the indexed set, for ``real``). Every index is searched wi
 query batch as exact search (faiss ``IndexFlatIP`` on the normalised vectors, same threads, same
 process); time per query is the best of ``--repeats`` batch runs. Rows:
 
-* exact search; ``IVF{nlist},Flat``, ``IVF{nlist},SQ8``, ``IVF{nlist},PQ{D/2}x4fs,RFlat`` (fast-scan
+* exact search; ``IVF{nlist},Flat``, ``IVF{nlist},SQ8``, ``IVF{fs_nlist},PQ{D/2}x4fs,RFlat`` (fast-scan
   codes re-ranked exactly), ``HNSW32`` built explicitly with
   ``FaissBank.from_arrays`` (search parameters tuned on held-out data vectors to the target);
 * ``auto`` with ``flat_max`` = ``--flat-max`` (so that sets this size are not simply exact), and
@@ -48,7 +48,7 @@ import numpy as np
 
 from featbank.heads.metrics import neighbour_recall
 from featbank.store.bank import FaissBank
-from featbank.store.bank_auto import auto_nlist, describe
+from featbank.store.bank_auto import FASTSCAN_LISTS_PER_SQRT, auto_nlist, describe
 
 MODES = ("easy", "embedding", "real")
 SHARED_CLIPS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "clips"
@@ -157,9 +157,11 @@ def run_mode(mode: str, x: np.ndarray, q: np.ndarray, args) -> dict:
     print(f"[{mode}] {'index':28s} {'build s':>8s} {'ms/query':>9s} {'speedup':>8s} {'recall@10':>10s} {'param':>22s}")
     rows: dict[str, dict] = {"exact": {"ms_per_query": round(ms_exact, 4), "speedup_vs_exact": 1.0, "recall_at_10": 1.0}}
     nlist = auto_nlist(n)
-    specs = [s.replace("{nlist}", str(nlist)).replace("{half}", str(dim // 2)) for s in args.indexes]
+    fs_nlist = auto_nlist(n, FASTSCAN_LISTS_PER_SQRT)
+    specs = [s.replace("{nlist}", str(nlist)).replace("{fs_nlist}", str(fs_nlist)).replace("{half}", str(dim // 2))
+             for s in args.indexes]
     for spec in specs:
-        if spec.startswith("IVF") and nlist * 39 > n:
+        if spec.startswith("IVF") and int(spec[3:].split(",")[0].split("_")[0]) * 39 > n:
             print(f"[{mode}] {spec:28s} skipped: {n} vectors are too few to train {nlist} lists")
             continue
         tb = time.perf_counter()
@@ -212,8 +214,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="faiss OpenMP threads (0: faiss default). 1 on a shared machine: spinning threads stall")
     ap.add_argument("--indexes", nargs="+",
-                    default=["IVF{nlist},Flat", "IVF{nlist},SQ8", "IVF{nlist},PQ{half}x4fs,RFlat", "HNSW32", "auto"],
-                    help="faiss factories ({nlist}: auto's list count, {half}: dim/2) and/or auto")
+                    default=["IVF{nlist},Flat", "IVF{nlist},SQ8", "IVF{fs_nlist},PQ{half}x4fs,RFlat", "HNSW32", "auto"],
+                    help="faiss factories ({nlist}: auto's IVF list count, {fs_nlist}: its fast-scan list count, "
+                    "{half}: dim/2) and/or auto")
     args = ap.parse_args()
 
     if args.threads > 0:

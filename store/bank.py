@@ -336,7 +336,9 @@ def _choose_auto(xb, n_total, dim, ho, metric_type, target, budget, build_budget
     consider(ivf or f"IVF{nlist},SQ8", _auto.estimate_ivf_seconds(n, dim, nlist, n_train, flops))
     fastscan = _auto.fastscan_factory(n_total, dim, budget)
     if fastscan is not None:
-        consider(fastscan, _auto.estimate_ivf_seconds(n, dim, nlist, n_train, flops))
+        fs_nlist = _auto.auto_nlist(n_total, _auto.FASTSCAN_LISTS_PER_SQRT)
+        fs_train = int(min(n, train_size or 40 * fs_nlist))
+        consider(fastscan, _auto.estimate_ivf_seconds(n, dim, fs_nlist, fs_train, flops))
     # HNSW: compare M on a pilot when the set is large, build the best one in full
     if n <= 2 * _auto.PILOT_N:
         prev = None

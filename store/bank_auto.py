@@ -315,9 +315,14 @@ def tune(index, ho: HeldOut, target: float, *, stop_when_slow: bool = False, min
 # ---- candidates ----------------------------------------------------------------------------------
 
 
-def auto_nlist(n: int) -> int:
-    nlist = 2 ** int(round(math.log2(max(2.0 * math.sqrt(n), 1.0))))
+def auto_nlist(n: int, per_sqrt: float = 2.0) -> int:
+    """IVF list count: ``per_sqrt * sqrt(n)`` rounded to a power of two, at least 39 training
+    vectors per list."""
+    nlist = 2 ** int(round(math.log2(max(per_sqrt * math.sqrt(n), 1.0))))
     return int(min(max(nlist, 16), 65536, max(16, n // 39)))
+
+
+FASTSCAN_LISTS_PER_SQRT = 4.0  # faiss's guideline is 4-16 sqrt(N) lists; see fastscan_factory
 
 
 def index_bytes(factory: str, n: int, dim: int) -> int:
@@ -355,10 +360,16 @@ def ivf_factory(n: int, dim: int, budget: int) -> str | None:
 
 def fastscan_factory(n: int, dim: int, budget: int) -> str | None:
     """``IVF{nlist},PQ{dim/2}x4fs,RFlat`` (2 dimensions per 4-bit code), or None when ``dim`` is
-    odd or the float32 vectors it keeps for re-ranking do not fit ``budget``."""
+    odd or the float32 vectors it keeps for re-ranking do not fit ``budget``.
+
+    ``nlist`` is ``4 sqrt(N)`` (the low end of faiss's 4-16 sqrt(N) guideline) rather than the
+    ``2 sqrt(N)`` of the float32 IVF candidate: with codes this cheap to scan the probed lists can
+    be finer. Measured on the bench's embedding-like data (200,000 x 512, one run, recall@10 about
+    0.95): 2,048 lists 7.9x exact search, 1,024 lists 5.6x, 4,096 lists about 6x.
+    """
     if dim % 2:
         return None
-    f = f"IVF{auto_nlist(n)},PQ{dim // 2}x4fs,RFlat"
+    f = f"IVF{auto_nlist(n, FASTSCAN_LISTS_PER_SQRT)},PQ{dim // 2}x4fs,RFlat"
     return f if index_bytes(f, n, dim) <= budget else None
 
 
