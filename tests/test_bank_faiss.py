@@ -348,3 +348,16 @@ def test_build_reuses_the_saved_bank_of_an_unchanged_set(tmp_path):
     assert not FaissBank.build(store, SET, metric="l2", cache_dir=tmp_path / "b").cached  # other options
     fs.write_video(VideoRows(np.ones((2, 16), np.float32), [0, 1], [1, 2]), VideoMeta("new", labels=(0,)))
     assert not FaissBank.build(store, SET, cache_dir=tmp_path / "b").cached  # the set changed
+
+
+def test_recall_bound_is_one_standard_error_over_queries_below_the_recall():
+    from featbank.store.bank_auto import recall_with_bound
+
+    exact = np.arange(40).reshape(4, 10)
+    approx = exact.copy()
+    approx[0, 5:] = -1  # query 0 finds 5 of 10, the others all 10
+    rec, low = recall_with_bound(approx, exact, 10)
+    per_query = np.array([0.5, 1.0, 1.0, 1.0])
+    assert rec == pytest.approx(0.875)
+    assert low == pytest.approx(0.875 - per_query.std(ddof=1) / 2)
+    assert recall_with_bound(exact, exact, 10) == (1.0, 1.0)
