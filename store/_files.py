@@ -33,6 +33,7 @@ class Files:
         self.objects = is_object_url(url)
         if self.objects:  # listings must be fresh: other machines add commit objects at any time
             storage_options = {"use_listings_cache": False, **storage_options}
+        self.storage_options = storage_options  # what every fsspec client of this store is opened with
         if "://" in url and not url.startswith("file://"):
             self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
             self.local = False

@@ -45,10 +45,8 @@ import numpy as np
 import zarr
 
 from ._index import encode_record, scan_log
-from ._rows import decode
 from ._segments import _EMPTY, _INDEX_CRC_BYTES, CorruptDataError, Segment, _decoder
 from .errors import StoreError
-from .schema import VideoRows
 
 if TYPE_CHECKING:
     from ._files import Files
@@ -237,44 +235,6 @@ class Objects:
         for data, sink in zip(self.fetch(paths, starts, ends), sinks):
             sink(data)
 
-    def read_many(self, fset: "ZarrFeatureSet", pos: list[int]) -> list[VideoRows]:
-        """``read_many`` of an object-store set: runs of nearby videos coalesced per shard, fetched in parallel."""
-        idx = fset.index
-        seg_a, row_a, n_a = idx.arrays()
-        uniq = np.unique(np.asarray(pos, dtype=np.int64))
-        order = uniq[np.lexsort((row_a[uniq], seg_a[uniq]))]
-        gap = fset.layout.rows_per_chunk
-        runs: list[tuple[Segment, int, int, list[int]]] = []
-        start = 0
-        while start < len(order):
-            s = seg_a[order[start]]
-            lo, hi = int(row_a[order[start]]), int(row_a[order[start]] + n_a[order[start]])
-            seg = fset._segment(idx.segments[s])
-            stop = start + 1
-            while stop < len(order):
-                j = order[stop]
-                if seg_a[j] != s or row_a[j] > hi + gap or (row_a[j] + n_a[j] - 1) // seg.rows_per_shard != lo // seg.rows_per_shard:
-                    break
-                hi = max(hi, int(row_a[j] + n_a[j]))
-                stop += 1
-            runs.append((seg, lo, hi, [int(j) for j in order[start:stop]]))
-            start = stop
-        bufs = [np.empty((hi - lo, *seg.row_shape), seg.dtype) for seg, lo, hi, _ in runs]
-        self.read_rows([(seg, lo, hi, buf) for (seg, lo, hi, _), buf in zip(runs, bufs)])
-        done: dict[int, VideoRows] = {}
-        for (seg, lo, hi, members), buf in zip(runs, bufs):
-            t, f = seg.times(lo, hi)
-            for j in members:
-                a, b = int(row_a[j]) - lo, int(row_a[j] + n_a[j]) - lo
-                tj = t[a:b].copy()
-                done[j] = VideoRows(decode(fset.info, buf[a:b].copy()), tj[:, 0], tj[:, 1], f[a:b].copy())
-        out, seen = [], set()
-        for p in pos:
-            r = done[p]
-            out.append(VideoRows(r.feats.copy(), r.starts.copy(), r.ends.copy(), r.frame_idx.copy()) if p in seen else r)
-            seen.add(p)
-        return out
-
 
 class RemoteShards:
     """Ranged reads of one segment's ``feats`` shards on an object store (``Segment.remote``)."""
@@ -417,6 +377,7 @@ class BatchWriter:
         self._commit(b"".join(self.lines) + encode_record({"batch": self.name, "k": len(self.lines)}))
 
     def _commit(self, body: bytes) -> None:
+        """Write the commit object (after the batch's data: the moment the batch becomes visible)."""
         self.objects.put_new(f"{self.fset._key}/_commits/{self.name}.jsonl", body)
 
     def close(self) -> None:

@@ -524,44 +524,60 @@ class ZarrFeatureSet(FeatureSet):
         pos = [self._pos(v) for v in video_ids]
         if not pos:
             return []
-        if self._store.objects is not None:
-            return self._store.objects.read_many(self, pos)
         seg_a, row_a, n_a = self.index.arrays()
-        uniq = np.unique(np.asarray(pos, dtype=np.int64))
-        order = uniq[np.lexsort((row_a[uniq], seg_a[uniq]))]
+        runs = self._runs(pos)
+        # object stores: every run's rows in one batch of parallel ranged GETs
+        remote = [(seg, lo, hi, np.empty((hi - lo, *seg.row_shape), seg.dtype))
+                  for seg, lo, hi, _ in runs if seg.remote is not None]
+        if remote:
+            self._store.objects.read_rows(remote)
+        fetched = iter(buf for *_, buf in remote)
         done: dict[int, VideoRows] = {}
-        gap = self.layout.rows_per_chunk
-        start = 0
-        while start < len(order):
-            s = seg_a[order[start]]
-            lo = row_a[order[start]]
-            hi = lo + n_a[order[start]]
-            stop = start + 1
-            seg = self._segment(self.index.segments[s])
-            max_rows = seg.rows_per_shard
-            while stop < len(order):
-                j = order[stop]
-                if seg_a[j] != s or row_a[j] > hi + gap or row_a[j] + n_a[j] - lo > max_rows:
-                    break
-                hi = max(hi, row_a[j] + n_a[j])
-                stop += 1
-            if seg.direct:  # one pread per video, in location order, straight into its own array
-                for j in order[start:stop]:
-                    done[int(j)] = self._read_pos(int(j))
-                start = stop
+        for seg, lo, hi, members in runs:
+            if seg.remote is None and seg.direct:  # one pread per video, in location order, into its own array
+                for j in members:
+                    done[j] = self._read_pos(j)
                 continue
-            buf = seg.read(int(lo), int(hi))
-            t, f = seg.times(int(lo), int(hi))
-            for j in order[start:stop]:
+            buf = next(fetched) if seg.remote is not None else seg.read(lo, hi)
+            t, f = seg.times(lo, hi)
+            for j in members:
                 a, b = int(row_a[j] - lo), int(row_a[j] + n_a[j] - lo)
                 tj = t[a:b].copy()
-                done[int(j)] = VideoRows(decode(self.info, buf[a:b].copy()), tj[:, 0], tj[:, 1], f[a:b].copy())
-            start = stop
+                done[j] = VideoRows(decode(self.info, buf[a:b].copy()), tj[:, 0], tj[:, 1], f[a:b].copy())
         out, seen = [], set()
         for p in pos:  # a repeated id gets its own copy
             out.append(_copy_rows(done[p]) if p in seen else done[p])
             seen.add(p)
         return out
+
+    def _runs(self, pos: Sequence[int]) -> list[tuple[Segment, int, int, list[int]]]:
+        """Videos ``pos`` sorted by location and grouped into runs ``(segment, first row, end row,
+        members)`` of nearby rows (gaps up to one chunk) that one read covers: at most a shard's rows,
+        and on object stores within one shard object."""
+        seg_a, row_a, n_a = self.index.arrays()
+        uniq = np.unique(np.asarray(pos, dtype=np.int64))
+        order = uniq[np.lexsort((row_a[uniq], seg_a[uniq]))]
+        gap = self.layout.rows_per_chunk
+        runs = []
+        start = 0
+        while start < len(order):
+            s = seg_a[order[start]]
+            lo = int(row_a[order[start]])
+            hi = lo + int(n_a[order[start]])
+            seg = self._segment(self.index.segments[s])
+            rps = seg.rows_per_shard
+            stop = start + 1
+            while stop < len(order):
+                j = order[stop]
+                end = int(row_a[j] + n_a[j])
+                beyond = (end - 1) // rps != lo // rps if seg.remote is not None else end - lo > rps
+                if seg_a[j] != s or row_a[j] > hi + gap or beyond:
+                    break
+                hi = max(hi, end)
+                stop += 1
+            runs.append((seg, lo, hi, [int(j) for j in order[start:stop]]))
+            start = stop
+        return runs
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         seg_a, row_a, n_a = self.index.arrays()
@@ -869,8 +885,6 @@ class ZarrStore(FeatureStore):
         # object stores (s3:// ...): immutable objects only, batch commits (see store/_objects.py)
         self.objects = Objects(self.files, batch or BatchPolicy(), os.fspath(cache_dir) if cache_dir else None
                                ) if self.files.objects else None
-        if self.files.objects:
-            storage_options = {"use_listings_cache": False, **storage_options}
         self._sets: dict[str, ZarrFeatureSet] = {}
         self._closed = False
         self._failure_log: Appender | None = None
@@ -889,7 +903,7 @@ class ZarrStore(FeatureStore):
                 self.files.rm("")
         else:
             self._check_version(root_meta)
-        self.zstore = self._zarr_store(storage_options, read_only=mode == "r")
+        self.zstore = self._zarr_store(self.files.storage_options, read_only=mode == "r")
         if root_meta is None or mode == "w":
             g = zarr.open_group(store=self.zstore, mode="w", zarr_format=3)
             root = {"featbank": {"schema_version": SCHEMA_VERSION, "format": "featbank-store"},
