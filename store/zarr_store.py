@@ -889,7 +889,7 @@ class ZarrStore(FeatureStore):
         self._closed = False
         self._failure_log: Appender | None = None
         self._failure_pid = 0
-        root_meta = self._root_meta()
+        root_meta = self._first_read()
         if root_meta is None or mode == "w":
             if mode == "r":
                 what = "is an empty folder" if self.files.exists("") else "does not exist"
@@ -916,6 +916,21 @@ class ZarrStore(FeatureStore):
             return zarr.storage.LocalStore(self.files.root, read_only=read_only)
         return zarr.storage.FsspecStore.from_url(self.path, storage_options=storage_options or None,
                                                  read_only=read_only)
+
+    def _first_read(self) -> dict[str, Any] | None:
+        """``_root_meta``; on an object store a failure to reach it (credentials, endpoint, bucket
+        permissions) becomes one ``StoreError`` saying what to set."""
+        if self.objects is None:
+            return self._root_meta()
+        try:
+            return self._root_meta()
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(
+                f"cannot read the object store at {self.path!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                "; credentials come from the standard environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or "
+                "AWS_PROFILE; AWS_ENDPOINT_URL for a server other than AWS, e.g. MinIO)") from e
 
     def _root_meta(self) -> dict[str, Any] | None:
         try:

@@ -274,6 +274,15 @@ def test_credentials_stay_out_of_the_store_and_messages(s3):
         assert [f["video_id"] for f in store.failures()] == ["bad"]
 
 
+def test_an_unreachable_object_store_is_one_clear_error_without_the_secret(s3):
+    secret = "S3CR3T-" + uuid.uuid4().hex
+    opts = {"key": "AKIDFEATBANKTEST", "secret": secret, "endpoint_url": "http://127.0.0.1:9",  # nothing listens
+            "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    with pytest.raises(StoreError, match="cannot read the object store at 's3://featbank/x.zarr'.*AWS_ENDPOINT_URL") as e:
+        open_store("s3://featbank/x.zarr", "r", **opts)
+    assert secret not in str(e.value) and "AKIDFEATBANKTEST" not in str(e.value)
+
+
 @pytest.mark.slow
 class TestZarrStoreS3(StoreTests):
     """The shipped conformance suite on S3 (small batches, so every test crosses batch commits)."""
