@@ -13,14 +13,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
+import numpy as np
 
 from ._stream import ClipChunk, VideoEnd
 
 
 @dataclass
 class _Pending:
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # window index -> (R, V, *F)
+    outputs: dict[int, np.ndarray] = field(default_factory=dict)  # window index -> (R, V, *F)
     end: VideoEnd | None = None
 
 
@@ -36,14 +36,14 @@ class ClipPacker:
 
     def __init__(
         self,
-        run_batch: Callable[[torch.Tensor], torch.Tensor],
+        run_batch: Callable[[np.ndarray], np.ndarray],
         batch_size: int,
-        on_done: Callable[[VideoEnd, torch.Tensor | None], None],
+        on_done: Callable[[VideoEnd, np.ndarray | None], None],
     ) -> None:
         self.run_batch = run_batch
         self.batch_size = max(1, int(batch_size))
         self.on_done = on_done
-        self._queue: deque[tuple[int, int, torch.Tensor]] = deque()  # (key, first window, clips)
+        self._queue: deque[tuple[int, int, np.ndarray]] = deque()  # (key, first window, clips)
         self._queued = 0
         self._pending: dict[int, _Pending] = {}
         self.n_batches = 0
@@ -101,7 +101,7 @@ class ClipPacker:
                     self._queue[0] = (key, first + n, clips[n:])
                 need -= n
             self._queued -= take
-            batch = parts[0] if len(parts) == 1 else torch.cat(parts)  # (B, V, C, L, h, w)
+            batch = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (B, V, C, L, h, w)
             out = self.run_batch(batch)  # (B, R, V, *F)
             self.n_batches += 1
             self.n_windows += take
@@ -121,5 +121,5 @@ class ClipPacker:
             return
         del self._pending[key]
         n = pend.end.n_windows
-        outputs = torch.stack([pend.outputs[w] for w in range(n)]) if n else None  # (W, R, V, *F)
+        outputs = np.stack([pend.outputs[w] for w in range(n)]) if n else None  # (W, R, V, *F)
         self.on_done(pend.end, outputs)

@@ -1,10 +1,10 @@
-"""Decoding side of the batch job: manifest entries -> preprocessed windows, in DataLoader workers.
+"""Decoding side of the batch job: manifest entries -> preprocessed windows, in decoding workers.
 
-``WindowStream`` is an ``IterableDataset`` over the videos of one shard. Each DataLoader
-worker takes every ``num_workers``-th video and, per video, yields
+``WindowStream`` is the stream of the videos of one shard. Each decoding worker
+(``_workers.DecodePool``) takes every ``n_workers``-th video and, per video, yields
 
 * ``ClipChunk`` items: up to ``chunk_frames`` newly decoded frames' worth of windows,
-  ``clips`` ``(n, V, C, L, h, w)`` float32 (decoding window by window keeps memory bounded
+  ``clips`` ``(n, V, C, L, h, w)`` float32 numpy (decoding window by window keeps memory bounded
   for a video of any length), then
 * one ``VideoEnd`` with the video's metadata and time grid, or
 * one ``VideoFailed`` when decoding or preprocessing raised (errors are values, so the
@@ -14,17 +14,18 @@ Frames are decoded by source index, each source frame once (a small cache of
 preprocessed frames carries the overlap of consecutive windows; each window is copied once,
 into shared memory inside a worker), through ``SafeDecoder``
 (a decoder worker process with a per-video timeout) or directly when the timeout is 0.
+
+Nothing here imports torch: a worker starts in a fraction of a second and decodes while the
+job process is still loading its model.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from featbank.store.schema import BackboneSpec, VideoMeta
 
@@ -47,15 +48,11 @@ class VideoTask:
 
 @dataclass(frozen=True, eq=False)
 class ClipChunk:
-    """Windows ``[first, first + n)`` of video ``key``: ``clips`` ``(n, V, C, L, h, w)``."""
+    """Windows ``[first, first + n)`` of video ``key``: ``clips`` ``(n, V, C, L, h, w)`` float32."""
 
     key: int
     first: int
-    clips: torch.Tensor
-
-    def pin_memory(self) -> "ClipChunk":
-        """Page-locked copy for asynchronous host-to-GPU transfer (DataLoader ``pin_memory``)."""
-        return ClipChunk(self.key, self.first, self.clips.pin_memory())
+    clips: Any  # numpy array (a shared-memory handle while it travels between processes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,31 +210,33 @@ def video_plan(task: VideoTask, info, sampling: Sampling) -> tuple[np.ndarray, n
     return src_idx, window_positions(len(src_idx), sampling)
 
 
-def gather_windows(pool: torch.Tensor, cols: np.ndarray) -> torch.Tensor:
-    """Windows of preprocessed frames, copied once into one tensor.
+Alloc = Callable[[tuple, Any], np.ndarray]  # (shape, dtype) -> empty C-contiguous array
+
+
+def gather_windows(pool: np.ndarray, cols: np.ndarray, alloc: Alloc = np.empty) -> np.ndarray:
+    """Windows of preprocessed frames, copied once into one array.
 
     Args:
         pool: ``(V, C, P, h, w)`` preprocessed frames.
         cols: ``(n, L)`` column of ``pool`` for each frame of each window.
+        alloc: allocates the result; a decoding worker allocates it in shared memory, so handing
+            it to the job process does not copy it again.
 
     Returns:
-        ``(n, V, C, L, h, w)`` contiguous. Inside a DataLoader worker it is allocated in shared
-        memory, so handing it to the main process does not copy it again.
+        ``(n, V, C, L, h, w)`` contiguous.
     """
     v, c, _, h, w = pool.shape
     n, length = cols.shape
-    out = torch.empty((n, v, c, length, h, w), dtype=pool.dtype)
-    if get_worker_info() is not None:
-        out.share_memory_()
-    idx = torch.from_numpy(np.ascontiguousarray(cols))
+    out = alloc((n, v, c, length, h, w), pool.dtype)
     for i in range(n):
-        torch.index_select(pool, 2, idx[i], out=out[i])  # (V, C, L, h, w)
+        np.take(pool, cols[i], axis=2, out=out[i], mode="clip")  # (V, C, L, h, w); "clip": no buffered copy
     return out
 
 
-def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterator[Any]:
-    """Items of one video: ``ClipChunk``... then ``VideoEnd``, or ``VideoFailed`` (never raises)."""
-    from .transforms import preprocess
+def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None, alloc: Alloc = np.empty) -> Iterator[Any]:
+    """Items of one video: ``ClipChunk``... then ``VideoEnd``, or ``VideoFailed`` (never raises).
+    ``alloc`` allocates each chunk's windows (``gather_windows``)."""
+    from .transforms import preprocess_array
 
     reader = _Reader(task, opts, safe)
     try:
@@ -245,7 +244,7 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
         src_idx, positions = video_plan(task, info, opts.sampling)
         n_win = len(positions)
         times = np.full(len(src_idx), math.nan)  # (K,) seconds, filled as frames decode
-        pool: torch.Tensor | None = None  # (V, C, P, h, w) preprocessed frames still needed
+        pool: np.ndarray | None = None  # (V, C, P, h, w) preprocessed frames still needed
         col_of: dict[int, int] = {}  # source index -> its column in ``pool``
         time_of: dict[int, float] = {}
         # suffix minimum of each window's first source frame: frames below it are no longer needed
@@ -260,15 +259,15 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
                 pixels = frames.frames
                 if opts.pixel_transform is not None:  # seeded per video: every chunk gets the same draw
                     pixels = opts.pixel_transform(np.asarray(pixels), task.video_id)
-                video = preprocess(pixels, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
+                video = preprocess_array(pixels, opts.spec, views=opts.sampling.views)  # (V, C, n, h, w)
                 base = 0 if pool is None else pool.shape[2]
-                pool = video if pool is None else torch.cat([pool, video], dim=2)
+                pool = video if pool is None else np.concatenate([pool, video], axis=2)
                 for j, s in enumerate(np.asarray(frames.indices, np.int64)):
                     col_of[int(s)] = base + j
                     time_of[int(s)] = float(frames.times[j])
                 n_decoded += len(missing)
             pos = positions[a:b]  # (n, L)
-            clips = gather_windows(pool, np.vectorize(col_of.__getitem__, otypes=[np.int64])(src_idx[pos]))
+            clips = gather_windows(pool, np.vectorize(col_of.__getitem__, otypes=[np.int64])(src_idx[pos]), alloc)
             for p in np.unique(pos):
                 times[p] = time_of[int(src_idx[p])]
             yield ClipChunk(task.key, a, clips)
@@ -295,8 +294,9 @@ def iter_video(task: VideoTask, opts: StreamOptions, safe: Any = None) -> Iterat
         reader.close()
 
 
-class WindowStream(IterableDataset):
-    """The videos of one shard as a stream of ``ClipChunk`` / ``VideoEnd`` / ``VideoFailed``.
+class WindowStream:
+    """The videos of one shard as a stream of ``ClipChunk`` / ``VideoEnd`` / ``VideoFailed``
+    (picklable: decoding workers receive it whole and each reads its share).
 
     Args:
         tasks: videos to extract, in order.
@@ -304,13 +304,14 @@ class WindowStream(IterableDataset):
     """
 
     def __init__(self, tasks: Sequence[VideoTask], opts: StreamOptions) -> None:
-        super().__init__()
         self.tasks = list(tasks)
         self.opts = opts
 
     def __iter__(self) -> Iterator[Any]:
-        info = get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.items()
+
+    def items(self, wid: int = 0, nw: int = 1, alloc: Alloc = np.empty) -> Iterator[Any]:
+        """The items of videos ``wid, wid + nw, ...`` (one worker's share)."""
         safe = None
         if self.opts.timeout_s and self.opts.timeout_s > 0:
             from .decode import SafeDecoder
@@ -319,12 +320,7 @@ class WindowStream(IterableDataset):
             safe = SafeDecoder(timeout_s=self.opts.timeout_s, backend=self.opts.decoder, threads=1)
         try:
             for task in self.tasks[wid::nw]:
-                yield from iter_video(task, self.opts, safe)
+                yield from iter_video(task, self.opts, safe, alloc)
         finally:
             if safe is not None:
                 safe.close()
-
-
-def worker_init(_worker_id: int) -> None:
-    """DataLoader worker set-up: one intra-op thread per worker (the main process computes)."""
-    torch.set_num_threads(1)

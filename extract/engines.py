@@ -29,13 +29,15 @@ import platform
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
 
 import numpy as np
-import torch
 
 from .errors import EngineError
-from .features import FeatureHead, Sampling, _is_channels_last, split_views
+from .features import Sampling, split_views
+
+if TYPE_CHECKING:
+    import torch
 
 RuntimeName = Literal["auto", "torch", "openvino"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
@@ -44,7 +46,6 @@ PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 
 PROBE_MIN_COSINE = 0.999  # a lower precision is used by ``auto`` only above this agreement with fp32
 _FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16", "amx_fp16")
-_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _OV_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 
 
@@ -74,14 +75,23 @@ def cpu_native(precision: str, flags: frozenset[str] | None = None) -> bool:
     return True
 
 
-def openvino_version() -> str | None:
-    """The installed OpenVINO version, or None (read from the package metadata: no import)."""
+def _package_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("openvino")
+        return version(name)
     except PackageNotFoundError:
         return None
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO version, or None (read from the package metadata: no import)."""
+    return _package_version("openvino")
+
+
+def torch_version() -> str:
+    """The installed torch version (package metadata: reading it does not import torch)."""
+    return str(_package_version("torch"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,27 +103,36 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, model: torch.nn.Module, sampling: Sampling, device: torch.device, precision: str) -> None:
-        self.head = FeatureHead(model, sampling).eval()
-        self.device = device
-        self.precision = precision
-        self.channels_last = device.type == "cuda" or _is_channels_last(model)
+    def __init__(self, model: "torch.nn.Module", sampling: Sampling, device: Any, precision: str) -> None:
+        import torch
 
-    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
-        """``(B, V, C, T, H, W)`` -> ``(B, R, V, *F)`` float32 on the CPU."""
+        from .feature_head import FeatureHead, _is_channels_last
+
+        self.head = FeatureHead(model, sampling).eval()
+        self.device = torch.device(str(device))
+        self.precision = precision
+        self.channels_last = self.device.type == "cuda" or _is_channels_last(model)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def __call__(self, clips: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """``(B, V, C, T, H, W)`` (numpy or torch) -> ``(B, R, V, *F)`` float32 numpy."""
+        import torch
+
         b, v = clips.shape[:2]
-        x = clips.flatten(0, 1).to(self.device, non_blocking=self.device.type == "cuda")  # (B*V, C, T, H, W)
+        x = torch.as_tensor(clips).flatten(0, 1)  # (B*V, C, T, H, W), no copy
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        dtype = _TORCH_DTYPES.get(self.precision)
-        ctx = torch.autocast(device_type=self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        ctx = torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             out = self.head(x)  # (B*V, R, *F)
-        return split_views(out.float().cpu(), b, v)
+        return split_views(out.float().cpu().numpy(), b, v)
 
 
 class OpenVINOEngine:
-    """A compiled OpenVINO model of ``FeatureHead`` (dynamic batch, fixed clip shape), on CPU."""
+    """A compiled OpenVINO model of ``FeatureHead`` (dynamic batch, fixed clip shape), on CPU.
+    Runs without torch: numpy in, numpy out."""
 
     runtime = "openvino"
 
@@ -122,12 +141,13 @@ class OpenVINOEngine:
         self.precision = precision
         self._request = compiled.create_infer_request()
 
-    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
-        """``(B, V, C, T, H, W)`` -> ``(B, R, V, *F)`` float32 on the CPU."""
+    def __call__(self, clips: Any) -> np.ndarray:
+        """``(B, V, C, T, H, W)`` (numpy or torch) -> ``(B, R, V, *F)`` float32 numpy."""
         b, v = clips.shape[:2]
-        x = np.ascontiguousarray(clips.flatten(0, 1).numpy(), dtype=np.float32)  # (B*V, C, T, H, W)
+        x = np.asarray(clips, dtype=np.float32)
+        x = np.ascontiguousarray(x.reshape(b * v, *x.shape[2:]))  # (B*V, C, T, H, W)
         out = self._request.infer({0: x}, share_inputs=True)[0]  # (B*V, R, *F)
-        return split_views(torch.from_numpy(np.array(out, np.float32, copy=True)), b, v)
+        return split_views(np.array(out, np.float32, copy=True), b, v)
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,14 +186,16 @@ class EngineChoice:
         return asdict(self)
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().flatten(), b.double().flatten()
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+def _cosine(a: Any, b: Any) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
 
 
-def probe_clip(clip_shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+def probe_clip(clip_shape: tuple[int, ...], seed: int = 0) -> "torch.Tensor":
     """A deterministic normalised clip ``(1, 1, C, T, H, W)``: smooth moving gradients plus noise
     (in the value range of real normalised frames), for precision probes and shape probes."""
+    import torch
+
     c, t, h, w = clip_shape
     g = torch.Generator().manual_seed(seed)
     tt = torch.linspace(0, 1, t).view(1, t, 1, 1)
@@ -208,14 +230,14 @@ class _Cache:
 
 def compiled_cache_root() -> Path:
     """``$FEATBANK_CACHE/compiled`` (next to ``weights``; default ``~/.cache/featbank/compiled``)."""
-    from .weights import cache_dir
+    from .cache_paths import cache_root
 
-    return cache_dir().parent / "compiled"
+    return cache_root() / "compiled"
 
 
 def cache_key(backbone: str, weights_id: str, sampling: Sampling, clip_shape: tuple[int, ...], runtime: str) -> str:
     """Cache folder name of one converted model (weights, network cut, input shape, versions)."""
-    version = openvino_version() if runtime == "openvino" else torch.__version__
+    version = openvino_version() if runtime == "openvino" else torch_version()
     parts = [backbone, weights_id, str(sampling.endpoint), sampling.pool, str(sampling.keep_time),
              "x".join(map(str, clip_shape)), runtime, str(version), platform.machine()]
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -223,7 +245,7 @@ def cache_key(backbone: str, weights_id: str, sampling: Sampling, clip_shape: tu
 
 
 def _cache_for(backbone: str, weights_id: str, sampling: Sampling, clip_shape, runtime: str, enabled: bool) -> _Cache:
-    from .weights import RANDOM_WEIGHTS_ID
+    from .cache_paths import RANDOM_WEIGHTS_ID
 
     if not enabled or weights_id == RANDOM_WEIGHTS_ID or not backbone:
         return _Cache(None)
@@ -282,14 +304,14 @@ def plan(runtime: str, precision: str, device_type: str, flags: frozenset[str], 
     return runtime, precision, reasons
 
 
-def _build(runtime: str, precision: str, fused: torch.nn.Module, sampling: Sampling, device: torch.device,
+def _build(runtime: str, precision: str, model: "Callable[[], torch.nn.Module]", sampling: Sampling, device: Any,
            clip_shape: tuple[int, ...], cache: _Cache, threads: int) -> Any:
     if runtime == "torch":
-        return TorchEngine(fused, sampling, device, precision)
-    return OpenVINOEngine(_compile_openvino(fused, sampling, clip_shape, precision, cache, threads), precision)
+        return TorchEngine(model(), sampling, device, precision)
+    return OpenVINOEngine(_compile_openvino(model, sampling, clip_shape, precision, cache, threads), precision)
 
 
-def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tuple[int, ...], precision: str,
+def _compile_openvino(model: "Callable[[], torch.nn.Module]", sampling: Sampling, clip_shape: tuple[int, ...], precision: str,
                       cache: _Cache, threads: int) -> Any:
     import openvino as ov
 
@@ -302,7 +324,7 @@ def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tu
         ov_model = core.read_model(str(xml))
         cache.meta["converted_from_cache"] = True
     else:
-        ov_model = _converted(model, sampling, clip_shape)
+        ov_model = _converted(model(), sampling, clip_shape)
         if xml is not None:
             cache.root.mkdir(parents=True, exist_ok=True)
             tmp = cache.root / f"model.{os.getpid()}.xml"
@@ -317,12 +339,15 @@ def _compile_openvino(model: torch.nn.Module, sampling: Sampling, clip_shape: tu
 
 # Converted models of this process, per torch model: a fallback from bf16 to fp32, verify after a
 # job, or a test running one network at two precisions converts once.
-_CONVERTED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
+_CONVERTED: "weakref.WeakKeyDictionary[Any, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 
 
-def _converted(model: torch.nn.Module, sampling: Sampling, clip_shape: tuple[int, ...]) -> Any:
+def _converted(model: "torch.nn.Module", sampling: Sampling, clip_shape: tuple[int, ...]) -> Any:
     """``FeatureHead(model, sampling)`` as an OpenVINO model with a dynamic batch axis."""
     import openvino as ov
+    import torch
+
+    from .feature_head import FeatureHead
 
     key = (sampling.endpoint, sampling.pool, sampling.keep_time, tuple(clip_shape))
     per_model = _CONVERTED.setdefault(model, {})
@@ -345,10 +370,10 @@ def _quiet_tracer():
 
 
 def select_engine(
-    model: torch.nn.Module,
+    model: "torch.nn.Module | Callable[[], torch.nn.Module]",
     sampling: Sampling,
     clip_shape: tuple[int, ...],
-    device: torch.device,
+    device: Any,
     *,
     runtime: str = "auto",
     precision: str = "auto",
@@ -360,10 +385,12 @@ def select_engine(
     """Pick and build the engine for ``model`` on this machine.
 
     Args:
-        model: the inference copy of the backbone (``fused_for_inference``) on ``device``.
+        model: the inference copy of the backbone (``fused_for_inference``) on ``device``, or a
+            function that builds it: it is then built only when needed (torch runtime, a
+            conversion or a probe), so a run from the compiled-model cache never imports torch.
         sampling: endpoint, pooling and time policy of the rows.
         clip_shape: ``(C, T, H, W)`` of one window (the engine's fixed input shape).
-        device: the torch device.
+        device: the device (``.type`` is ``cpu`` or ``cuda``; a torch device or ``runtime.Device``).
         runtime: ``auto``, ``torch`` or ``openvino``.
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         backbone: registry name (cache key; empty disables the cache).
@@ -380,11 +407,16 @@ def select_engine(
         ExtractError: a runtime or precision that cannot run on this machine.
     """
     flags = cpu_flags()
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    get_model = _once(model)
+    cuda_bf16 = False
+    if device.type == "cuda":
+        import torch
+
+        cuda_bf16 = torch.cuda.is_bf16_supported()
     rt, want, reasons = plan(runtime, precision, device.type, flags, openvino=openvino_version() is not None,
                              cuda_bf16=cuda_bf16)
     store = _cache_for(backbone, weights_id, sampling, clip_shape, rt, cache)
-    versions = {"torch": torch.__version__}
+    versions = {"torch": torch_version()}
     if rt == "openvino":
         versions["openvino"] = str(openvino_version())
     choice = EngineChoice(
@@ -395,10 +427,10 @@ def select_engine(
     probes: dict[str, float] = dict(store.meta.get("probe_cosine", {}))
     shape_info = dict(store.meta.get("shape", {}))
     cached = bool(shape_info) and (want == "fp32" or want in probes)
-    engine = _build(rt, want, model, sampling, device, clip_shape, store, threads)
+    engine = _build(rt, want, get_model, sampling, device, clip_shape, store, threads)
     if want != "fp32" and want not in probes:
-        clip = probe_clip(clip_shape).to(device)
-        ref = TorchEngine(model, sampling, device, "fp32")(clip)  # (1, R, 1, *F)
+        clip = probe_clip(clip_shape)
+        ref = TorchEngine(get_model(), sampling, device, "fp32")(clip)  # (1, R, 1, *F)
         out = engine(clip)
         probes[want] = _cosine(ref, out)
         shape_info = {"rows_per_window": int(ref.shape[1]), "feat_shape": [int(d) for d in ref.shape[3:]]}
@@ -407,7 +439,7 @@ def select_engine(
         if precision == "auto" and probes[want] < PROBE_MIN_COSINE:
             reasons.append(f"{want} probe cosine {probes[want]:.6f} < {PROBE_MIN_COSINE}: fp32")
             want = choice.precision = "fp32"
-            engine = _build(rt, want, model, sampling, device, clip_shape, store, threads)
+            engine = _build(rt, want, get_model, sampling, device, clip_shape, store, threads)
         else:
             reasons.append(f"{want}: native, probe cosine {probes[want]:.6f} vs torch fp32")
     choice.cached = cached
@@ -429,3 +461,17 @@ def remember_shape(backbone: str, weights_id: str, sampling: Sampling, clip_shap
         return
     store.meta["shape"] = {"rows_per_window": int(rows_per_window), "feat_shape": [int(d) for d in feat_shape]}
     store.save()
+
+
+def _once(model: Any) -> Callable[[], Any]:
+    """``model`` itself, or the model a builder function returns, built at most once."""
+    if not callable(model) or hasattr(model, "forward"):
+        return lambda: model
+    built: list = []
+
+    def get() -> Any:
+        if not built:
+            built.append(model())
+        return built[0]
+
+    return get

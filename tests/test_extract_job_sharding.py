@@ -94,14 +94,14 @@ def test_packer_fills_batches_across_videos_and_scatters_back():
 
     def run(clips):  # (B, V, C, L, h, w) -> (B, R=1, V, D=1): the clip's id value
         calls.append(len(clips))
-        return clips[:, :, 0, 0, 0, 0].reshape(len(clips), 1, -1, 1).clone()
+        return clips[:, :, 0, 0, 0, 0].reshape(len(clips), 1, -1, 1).copy()
 
     done = {}
     packer = ClipPacker(run, batch_size=4, on_done=lambda end, out: done.__setitem__(end.key, out))
     lengths = {0: 3, 1: 1, 2: 6, 3: 0, 4: 2}  # short videos (fewer windows than a batch)
     for key, n in lengths.items():
-        ids = torch.arange(n, dtype=torch.float32) + 100 * key
-        clips = ids.reshape(n, 1, 1, 1, 1, 1).expand(n, 1, 1, 2, 1, 1).contiguous()
+        ids = np.arange(n, dtype=np.float32) + 100 * key
+        clips = np.ascontiguousarray(np.broadcast_to(ids.reshape(n, 1, 1, 1, 1, 1), (n, 1, 1, 2, 1, 1)))
         for a in range(0, n, 2):  # chunks of 2 windows
             packer.add(ClipChunk(key, a, clips[a:a + 2]))
         packer.end(_end(key, n))
@@ -115,18 +115,18 @@ def test_packer_fills_batches_across_videos_and_scatters_back():
     for key, n in lengths.items():
         if n:
             assert done[key].shape == (n, 1, 1, 1)
-            np.testing.assert_array_equal(done[key].flatten().numpy(), np.arange(n) + 100 * key)
+            np.testing.assert_array_equal(done[key].flatten(), np.arange(n) + 100 * key)
 
 
 def test_packer_drop_and_shape_change():
     outs = {}
-    packer = ClipPacker(lambda c: c.mean(dim=(2, 3, 4, 5)).reshape(len(c), 1, -1, 1),
+    packer = ClipPacker(lambda c: c.mean(axis=(2, 3, 4, 5)).reshape(len(c), 1, -1, 1),
                         batch_size=8, on_done=lambda e, o: outs.__setitem__(e.key, o))
-    packer.add(ClipChunk(0, 0, torch.ones(3, 1, 1, 2, 1, 1)))
-    packer.add(ClipChunk(1, 0, torch.ones(2, 1, 1, 2, 1, 1)))
+    packer.add(ClipChunk(0, 0, np.ones((3, 1, 1, 2, 1, 1), np.float32)))
+    packer.add(ClipChunk(1, 0, np.ones((2, 1, 1, 2, 1, 1), np.float32)))
     packer.drop(0)  # failed part-way: its queued windows never reach the model
     packer.end(_end(1, 2))
-    packer.add(ClipChunk(2, 0, torch.full((1, 1, 1, 5, 1, 1), 2.0)))  # another clip length
+    packer.add(ClipChunk(2, 0, np.full((1, 1, 1, 5, 1, 1), 2.0, np.float32)))  # another clip length
     packer.end(_end(2, 1))
     assert 1 in outs and 0 not in outs  # the shape change flushed video 1's partial batch
     packer.flush()
@@ -151,13 +151,13 @@ def test_model_side_runs_a_partial_batch_instead_of_idling_for_decoding():
     def engine(clips):  # (B, V, C, L, h, w) -> (B, R=1, V, D=3)
         calls.append(len(clips))
         ran.set()
-        return clips.mean(dim=(2, 3, 4, 5))[:, None, :, None].expand(-1, 1, -1, 3).clone()
+        return np.repeat(clips.mean(axis=(2, 3, 4, 5))[:, None, :, None], 3, axis=3)
 
     def stream():
-        yield ClipChunk(0, 0, torch.ones(1, 1, 3, 2, 4, 4))
+        yield ClipChunk(0, 0, np.ones((1, 1, 3, 2, 4, 4), np.float32))
         if not ran.wait(timeout=60):
             raise AssertionError("the model never ran the window that was already decoded")
-        yield ClipChunk(0, 1, torch.full((1, 1, 3, 2, 4, 4), 2.0))
+        yield ClipChunk(0, 1, np.full((1, 1, 3, 2, 4, 4), 2.0, np.float32))
         yield VideoEnd(0, VideoMeta("v"), 2, 4, np.array([[0, 1], [2, 3]]), np.arange(4) / 25.0, np.arange(4), 0.04)
 
     pipe = SimpleNamespace(engine=engine, row_shape=(3,), rows_per_window=1,

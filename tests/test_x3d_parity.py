@@ -9,7 +9,7 @@ import torch
 
 from featbank.extract import weights as W
 from featbank.extract.backbones import VARIANTS, create_backbone
-from featbank.extract.backbones.variants import X3D_ARCH
+from featbank.extract.variants import X3D_ARCH
 from featbank.extract.errors import WeightsError
 
 pv_x3d = pytest.importorskip("pytorchvideo.models.x3d", reason="pytorchvideo not installed")

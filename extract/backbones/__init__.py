@@ -24,7 +24,7 @@ from featbank.extract.backbones.common import VideoBackbone
 from featbank.extract.backbones.i3d import InceptionI3d, create_i3d
 from featbank.extract.backbones.r3d import r3d_18
 from featbank.extract.backbones.resnet import FrameResNet, create_resnet
-from featbank.extract.backbones.variants import VARIANTS
+from featbank.extract.variants import VARIANTS
 from featbank.extract.backbones.x3d import X3D, create_x3d
 from featbank.extract.errors import BackboneError, WeightsError
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featbank.extract.backbones.common import VideoBackbone
-from featbank.extract.backbones.variants import variant_spec
+from featbank.extract.variants import variant_spec
 
 I3D_ENDPOINTS: tuple[str, ...] = (
     "Conv3d_1a_7x7",

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from featbank.extract.backbones.common import VideoBackbone
-from featbank.extract.backbones.variants import variant_spec
+from featbank.extract.variants import variant_spec
 
 R3D_ENDPOINTS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
 R3D_CHANNELS: dict[str, int] = {"stem": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from featbank.extract.backbones.common import VideoBackbone
-from featbank.extract.backbones.variants import variant_spec
+from featbank.extract.variants import variant_spec
 
 RESNET_ENDPOINTS: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featbank.extract.backbones.common import VideoBackbone
-from featbank.extract.backbones.variants import X3D_ARCH, variant_spec
+from featbank.extract.variants import X3D_ARCH, variant_spec
 
 X3D_ENDPOINTS: tuple[str, ...] = ("stem", "res2", "res3", "res4", "res5", "conv5")
 _BASE_DEPTHS = (1, 2, 5, 3)

