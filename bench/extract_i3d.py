@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", default="", help="checkout of piergiaj/pytorch-i3d (default: bench/naive_i3d.py)")
     p.add_argument("--clip-len", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=0, help="windows per model call (0: the job's default per engine)")
     p.add_argument("--workers", type=int, default=1, help="decoding workers of our job")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"))
@@ -133,6 +133,7 @@ def main(argv=None) -> int:
     from featbank.extract import engines
     from featbank.extract.backbones import create_backbone
     from featbank.extract.job import ExtractConfig, build_pipeline
+    from featbank.extract.job.runtime import default_batch_size
     from featbank.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,13 +177,14 @@ def main(argv=None) -> int:
         clips = _windows(plan, pipe)  # (N, 1, C, L, h, w)
         model_s = {}
         for tag in ("fp32", "auto"):
-            engine, _, _ = engines.select_engine(pipe.model, pipe.sampling, pipe.clip_shape, pipe.device,
-                                                 runtime=a.runtime, precision=tag, backbone="i3d-rgb-k400",
-                                                 weights_id=pipe.spec.weights_id, threads=a.threads)
+            engine, picked, _ = engines.select_engine(lambda: pipe.model, pipe.sampling, pipe.clip_shape, pipe.device,
+                                                      runtime=a.runtime, precision=tag, backbone="i3d-rgb-k400",
+                                                      weights_id=pipe.spec.weights_id, threads=a.threads)
+            bs = a.batch_size or default_batch_size(picked.runtime, "cpu")
             engine(clips[:1])  # warm-up
             t0 = time.perf_counter()
-            for i in range(0, len(clips), a.batch_size):
-                engine(clips[i:i + a.batch_size])
+            for i in range(0, len(clips), bs):
+                engine(clips[i:i + bs])
             model_s[tag] = time.perf_counter() - t0
 
     flags = engines.cpu_flags()
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
         "frames": frames,
         "clips": [p.name for p in paths],
         "clip_len": a.clip_len,
-        "batch_size": a.batch_size,
+        "batch_size": choice["auto"].get("batch_size", a.batch_size),
         "workers": a.workers,
         "threads": a.threads,
         "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],

@@ -169,6 +169,7 @@ class EngineChoice:
         versions: runtime versions (torch, openvino).
         cached: the converted model and probe came from the cache (no conversion, no probe).
         reason: why this runtime and precision were chosen.
+        batch_size: windows per model call the job used (0: not set by a job).
     """
 
     runtime: str
@@ -181,6 +182,7 @@ class EngineChoice:
     versions: dict[str, str] = field(default_factory=dict)
     cached: bool = False
     reason: str = ""
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

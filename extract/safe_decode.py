@@ -8,7 +8,7 @@ the next request, and ``DecodeError(kind="decode_timeout")`` is raised. A worker
 process serves many videos.
 
 The worker is a plain ``subprocess`` (``python -m featbank.extract.safe_decode``), not a
-``multiprocessing`` child: it can be started from daemonic processes (DataLoader workers), never
+``multiprocessing`` child: it can be started from daemonic processes (decoding workers), never
 forks a parent holding torch threads, and imports only numpy/PyAV/decord. Frames travel as raw
 bytes over a pipe: a small pickled header, then the array's buffer received straight into the
 parent's preallocated array (one copy).
@@ -42,7 +42,7 @@ STARTUP_TIMEOUT_S = 120.0  # worker start (imports) is not charged to a video's 
 class SafeDecoder:
     """Decode videos in a worker process; a hung or crashing decoder costs at most ``timeout_s``.
 
-    Not thread-safe: use one instance per thread / DataLoader worker. Picklable (the copy starts
+    Not thread-safe: use one instance per thread / decoding worker. Picklable (the copy starts
     its own worker on first use).
 
     Args:

@@ -105,7 +105,8 @@ def resize_region(frames: np.ndarray, size: int, top: int, left: int, height: in
     computing only the region's pixels.
 
     Values are those of ``resize_short_side(to_float_clip(frames), size)`` cropped to the region,
-    to within one float32 rounding step (the same taps, weights and order of operations).
+    to within one float32 rounding step (the same taps, weights and order of operations: along
+    the width first, then along the height).
 
     Args:
         frames: ``(T, H, W, C)`` uint8.
@@ -113,19 +114,27 @@ def resize_region(frames: np.ndarray, size: int, top: int, left: int, height: in
         top, left, height, width: the region, in resized pixels.
 
     Returns:
-        ``(T, height, width, C)`` float32 in ``[0, 1]``.
+        ``(C, T, height, width)`` float32 in ``[0, 1]``, C-contiguous.
     """
     h, w = frames.shape[1:3]
     out_h, out_w = resized_shape(h, w, size)
     r0, r1, a0, a1 = _linear_taps(h, out_h, top, top + height)
     c0, c1, b0, b1 = _linear_taps(w, out_w, left, left + width)
     rows, cols = np.union1d(r0, r1), np.union1d(c0, c1)  # only the source pixels the region reads
-    x = np.take(np.take(frames, rows, axis=1), cols, axis=2).astype(np.float32)  # (T, R, K, C)
+    x = np.take(np.take(frames, rows, axis=1), cols, axis=2)  # (T, R, K, C) uint8
+    x = x.transpose(3, 0, 1, 2).astype(np.float32, order="C")  # (C, T, R, K)
     x /= np.float32(255.0)
-    k0, k1 = np.searchsorted(cols, c0), np.searchsorted(cols, c1)
-    across = x[:, :, k0] * b0[:, None] + x[:, :, k1] * b1[:, None]  # (T, R, width, C)
-    j0, j1 = np.searchsorted(rows, r0), np.searchsorted(rows, r1)
-    return across[:, j0] * a0[:, None, None] + across[:, j1] * a1[:, None, None]  # (T, height, width, C)
+    across = np.take(x, np.searchsorted(cols, c0), axis=3)  # (C, T, R, width)
+    across *= b0
+    right = np.take(x, np.searchsorted(cols, c1), axis=3)
+    right *= b1
+    across += right
+    out = np.take(across, np.searchsorted(rows, r0), axis=2)  # (C, T, height, width)
+    out *= a0[:, None]
+    below = np.take(across, np.searchsorted(rows, r1), axis=2)
+    below *= a1[:, None]
+    out += below
+    return out
 
 
 def _check_crop(x: Array, size: int) -> None:
@@ -256,10 +265,10 @@ def preprocess_array(frames: np.ndarray, spec: BackboneSpec, views: str = "cente
         _check_crop(np.empty((out_h, out_w)), spec.crop)
         if views in ("center", "flip"):  # resize only the centre crop's pixels
             top, left = (out_h - spec.crop) // 2, (out_w - spec.crop) // 2
-            region = resize_region(x, spec.resize, top, left, spec.crop, spec.crop)
+            region = resize_region(x, spec.resize, top, left, spec.crop, spec.crop)  # (C, T, crop, crop)
         else:  # the 3 crops span the long side: resize it whole
-            region = resize_region(x, spec.resize, 0, 0, out_h, out_w)
-        v = np.ascontiguousarray(make_views(region.transpose(3, 0, 1, 2), spec.crop, views))  # (V, C, T, crop, crop)
+            region = resize_region(x, spec.resize, 0, 0, out_h, out_w)  # (C, T, H', W')
+        v = np.ascontiguousarray(make_views(region, spec.crop, views))  # (V, C, T, crop, crop)
     return _normalize_(v, spec.mean, spec.std)
 
 

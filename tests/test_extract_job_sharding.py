@@ -160,7 +160,7 @@ def test_model_side_runs_a_partial_batch_instead_of_idling_for_decoding():
         yield ClipChunk(0, 1, np.full((1, 1, 3, 2, 4, 4), 2.0, np.float32))
         yield VideoEnd(0, VideoMeta("v"), 2, 4, np.array([[0, 1], [2, 3]]), np.arange(4) / 25.0, np.arange(4), 0.04)
 
-    pipe = SimpleNamespace(engine=engine, row_shape=(3,), rows_per_window=1,
+    pipe = SimpleNamespace(engine=engine, row_shape=(3,), rows_per_window=1, batch_size=4,
                            sampling=Sampling(clip_len=2, stride=2))
     rows = {}
     consume(ExtractConfig(batch_size=4, workers=1), pipe, [SimpleNamespace(key=0, video_id="v")], stream(),

@@ -175,9 +175,9 @@ def test_preprocess_resizes_in_numpy_like_torch_interpolate(views, hw):
     ref = normalize(make_views(resize_short_side(to_float_clip(frames), size), crop, views), sp.mean, sp.std)
     assert out.flags.c_contiguous and out.dtype == np.float32 and out.shape == tuple(ref.shape)
     np.testing.assert_allclose(out, ref.numpy(), rtol=0, atol=1e-6)  # a float32 step of [0, 1] values, / std
-    full = resize_short_side(to_float_clip(frames), size).permute(1, 2, 3, 0).numpy()  # (T, H', W', C)
+    full = resize_short_side(to_float_clip(frames), size).numpy()  # (C, T, H', W')
     part = resize_region(frames, size, 1, 2, 3, 4)
-    np.testing.assert_allclose(part, full[:, 1:4, 2:6], rtol=0, atol=2.5e-7)
+    np.testing.assert_allclose(part, full[:, :, 1:4, 2:6], rtol=0, atol=2.5e-7)
 
 
 def test_gather_windows_copies_each_window_once_in_order():

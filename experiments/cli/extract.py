@@ -89,8 +89,9 @@ def _add_extract_arguments(p: argparse.ArgumentParser, items_nargs: Any) -> None
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 where native and a probe clip agrees with fp32 (cosine >= 0.999), else fp32")
     p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), help="stored dtype")
-    p.add_argument("--workers", type=int, help="decoding DataLoader workers")
-    p.add_argument("--batch-size", type=int, help="windows per model call")
+    p.add_argument("--workers", type=int, help="decoding worker processes (0: decode in the job process)")
+    p.add_argument("--batch-size", type=int,
+                   help="windows per model call (default 0: 1 for OpenVINO on the CPU, 8 for torch)")
     p.add_argument("--shard", help="I/N: this task's shard (default from SLURM_ARRAY_TASK_ID/COUNT)")
     p.add_argument("--timeout", type=float, help="per-video decode timeout in seconds (0: off)")
     p.add_argument("--limit", type=int, help="only the first N manifest entries")

@@ -85,12 +85,14 @@ class ExtractConfig:
             ``openvino`` (``featbank.extract.engines``).
         precision: ``auto`` (bf16 where the device computes it natively and a probe clip agrees
             with fp32 at cosine >= 0.999, else fp32), ``fp32``, ``bf16`` or ``fp16``.
-        workers: DataLoader decoding workers (0 decodes in the main process).
+        workers: decoding worker processes (0 decodes in the main process).
         start_method: how workers start: ``forkserver`` (default: safe when the job already
             runs threads - the Zarr store's I/O loop, gloo, OpenMP), ``fork`` (fastest start) or
             ``spawn``.
         prefetch: chunks queued per worker.
-        batch_size: windows per model call (windows of several videos share a batch).
+        batch_size: windows per model call (windows of several videos share a batch); 0 (default)
+            picks per engine: 1 for OpenVINO on the CPU (no copy to assemble a batch, and as fast
+            or faster per window), 8 for torch.
         chunk_frames: most source frames a worker decodes at once for one video.
         timeout: per-call decode timeout in seconds (0 disables the decoder worker process).
         shard: ``"I/N"``; null takes ``SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT`` when set.
@@ -145,7 +147,7 @@ class ExtractConfig:
     workers: int = 2
     start_method: StartMethod = "forkserver"
     prefetch: int = 2
-    batch_size: int = 8
+    batch_size: int = 0
     chunk_frames: int = 64
     timeout: float = 120.0
     shard: str | None = None
@@ -174,8 +176,10 @@ class ExtractConfig:
         for key in ("workers", "prefetch", "verify", "threads"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if self.batch_size < 1 or self.chunk_frames < 1 or self.num_segments < 1:
-            raise ValueError("batch_size, chunk_frames and num_segments must be >= 1")
+        if self.batch_size < 0:
+            raise ValueError(f"batch_size: must be >= 1, or 0 to pick per engine, got {self.batch_size}")
+        if self.chunk_frames < 1 or self.num_segments < 1:
+            raise ValueError("chunk_frames and num_segments must be >= 1")
         if self.flow and self.modality == "rgb":
             raise ValueError(f"flow: {self.flow!r} computes optical flow for a flow stream; use modality flow or auto")
         if not self.flow_bound > 0:

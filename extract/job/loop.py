@@ -105,7 +105,7 @@ def consume(
         except Exception as exc:  # a rejected write (non-finite rows, conflict) fails this video only
             on_failure(task, type(exc).__name__, str(exc))
 
-    packer = ClipPacker(run_batch, cfg.batch_size, done)
+    packer = ClipPacker(run_batch, pipe.batch_size or cfg.batch_size or 1, done)
     source = items if isinstance(items, _Prefetched) else (_Prefetched(items) if cfg.workers > 0 else None)
     try:
         return _consume_items(source, items, packer, by_key, on_failure, on_frames)

@@ -2,9 +2,9 @@
 
 1. read the manifest, keep this process's shard (``--shard I/N`` or the SLURM array task,
    times the torchrun rank), balanced by video duration;
-2. build the backbone on ``cfg.device``;
+2. resolve the backbone on ``cfg.device`` (built only when no cached engine covers it);
 3. create (or reopen) the feature set with full provenance and skip committed videos;
-4. decode + preprocess in DataLoader workers, pack windows of several videos into full
+4. decode + preprocess in worker processes, pack windows of several videos into full
    batches, write each video atomically once all its windows are done; a failing video goes
    to the store's failure log and the job carries on;
 5. return an ``ExtractSummary`` (exit code 2 when any video failed).

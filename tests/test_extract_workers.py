@@ -1,0 +1,131 @@
+"""Decoding worker processes: items in order, windows through shared memory without leftovers,
+a dying worker named in a clear error, and a job that starts without torch."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featbank.extract._stream import ClipChunk
+from featbank.extract._workers import SHM_DIR, DecodePool, SharedArray, _Allocator
+from featbank.extract.errors import ExtractError
+
+FORK = multiprocessing.get_context("fork")  # this module's stream class needs no import in the child
+
+
+class CountingStream:
+    """A stand-in ``WindowStream``: item ``k`` is a chunk whose windows all hold ``k``; the worker
+    that reaches ``die_at`` exits with code 3 (a decoder crash)."""
+
+    def __init__(self, n: int, die_at: int = -1, shape=(2, 1, 3, 4, 5, 5)) -> None:
+        self.n, self.die_at, self.shape = n, die_at, shape
+
+    def items(self, wid: int, nw: int, alloc):
+        for k in range(wid, self.n, nw):
+            if k == self.die_at:
+                os._exit(3)
+            clips = alloc(self.shape, np.float32)
+            clips[...] = k
+            yield ClipChunk(k, 0, clips)
+
+
+def _leftovers(pool: DecodePool) -> list[Path]:
+    return sorted(SHM_DIR.glob(f"{pool.prefix}-*")) if SHM_DIR.is_dir() else []
+
+
+def test_pool_yields_items_round_robin_with_their_windows_and_leaves_no_files():
+    pool = DecodePool(CountingStream(7), n_workers=2, prefetch=2, context=FORK)
+    items = list(pool)
+    assert [it.key for it in items] == list(range(7))  # worker 0: 0, 2, 4, 6; worker 1: 1, 3, 5
+    for it in items:
+        assert isinstance(it.clips, np.ndarray) and it.clips.shape == (2, 1, 3, 4, 5, 5)
+        assert (it.clips == it.key).all()  # readable after the file was unlinked
+    assert _leftovers(pool) == []
+    assert not any(p.is_alive() for p in pool.procs)
+
+
+def test_a_dying_worker_is_an_error_naming_it_and_its_exit_code():
+    pool = DecodePool(CountingStream(6, die_at=3), n_workers=2, prefetch=1, context=FORK)
+    with pytest.raises(ExtractError, match=r"decoding worker 1 exited unexpectedly \(exit code 3\)"):
+        list(pool)
+    assert _leftovers(pool) == []
+
+
+def test_stopping_early_stops_the_workers_and_removes_unread_windows():
+    pool = DecodePool(CountingStream(50), n_workers=2, prefetch=2, context=FORK)
+    it = iter(pool)
+    first = next(it)
+    assert first.key == 0
+    it.close()  # the job stopped (an exception, Ctrl-C): workers stop, queued windows are removed
+    assert not any(p.is_alive() for p in pool.procs)
+    assert _leftovers(pool) == []
+
+
+def test_shared_array_round_trip_frees_its_file(tmp_path):
+    alloc = _Allocator(f"featbank-test-{os.getpid()}")
+    a = alloc((3, 4), np.float32)
+    a[...] = np.arange(12).reshape(3, 4)
+    handle = alloc.handle(a)
+    assert isinstance(handle, SharedArray) and Path(handle.path).is_file()
+    b = handle.attach()
+    assert not Path(handle.path).exists()  # unlinked at once: the mapping keeps the memory
+    np.testing.assert_array_equal(b, np.arange(12).reshape(3, 4))
+    assert alloc.handle(np.zeros(2)) is not None  # an array it did not make passes through as itself
+
+
+STARTUP_PROBE = textwrap.dedent("""
+    import json, sys
+    from featbank.experiments.cli import main
+    code = main(sys.argv[1:])
+    print(json.dumps({"code": code, "torch": "torch" in sys.modules}))
+""")
+
+
+def test_a_run_from_the_compiled_model_cache_never_imports_torch(tmp_path):
+    """The second run of a job (converted model and backbone facts cached) starts without torch in
+    the job process: no model is built, decoding workers need none, OpenVINO takes numpy."""
+    pytest.importorskip("openvino")
+    import torch
+
+    from featbank.extract.backbones import create_backbone
+
+    from test_extract_job import write_video
+
+    weights = tmp_path / "x3d_xs.pt"
+    torch.manual_seed(0)
+    torch.save(create_backbone("x3d-xs", weights=None).state_dict(), weights)
+    for i in range(2):
+        write_video(tmp_path / f"v{i}.mp4", 12 + 4 * i)
+    (tmp_path / "list.txt").write_text("v0.mp4 0\nv1.mp4 1\n")
+    env = {**os.environ, "FEATBANK_CACHE": str(tmp_path / "cache")}
+    results = []
+    for run in range(2):
+        cmd = [sys.executable, "-c", STARTUP_PROBE, "extract", "--manifest", str(tmp_path / "list.txt"),
+               "--store", str(tmp_path / f"s{run}.zarr"), "--backbone", "x3d-xs", "--weights", str(weights),
+               "--runtime", "openvino", "--precision", "fp32", "--device", "cpu", "--workers", "1",
+               "--clip-len", "4", "--crop", "48", "--no-progress", "resize=48"]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    assert results[0] == {"code": 0, "torch": True}  # the first run converts the model
+    assert results[1] == {"code": 0, "torch": False}
+
+    from featbank.store import open_store
+
+    rows = []
+    for run in range(2):
+        with open_store(str(tmp_path / f"s{run}.zarr"), "r") as st:
+            fs = st.open_set(st.feature_sets()[0])
+            rows.append({vid: fs.read(vid).feats for vid in fs.video_ids()})
+            assert fs.info.sampling["engine"]["batch_size"] == 1  # OpenVINO on the CPU: one window per call
+    assert rows[0].keys() == rows[1].keys() and len(rows[0]) == 2
+    for vid in rows[0]:
+        np.testing.assert_array_equal(rows[0][vid], rows[1][vid])
