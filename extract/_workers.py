@@ -110,7 +110,7 @@ class _Crashed:
 
 def _work(stream: WindowStream, wid: int, n_workers: int, items: Any, prefix: str) -> None:
     """A worker's body: its share of ``stream`` onto ``items``."""
-    os.environ["OMP_NUM_THREADS"] = "1"  # a worker that resizes imports torch: one thread, the job computes
+    os.environ["OMP_NUM_THREADS"] = "1"  # native libraries in a worker use one thread: the job computes
     alloc = _Allocator(f"{prefix}-{wid}")
     try:
         for item in stream.items(wid, n_workers, alloc):
