@@ -321,6 +321,22 @@ def test_job_compacts_its_set_at_the_end_but_not_one_array_task(videos, tmp_path
             assert np.array_equal(fs.read(vid).feats, ref.read(vid).feats)
 
 
+def test_seconds_since_launch_matches_a_clock_read_before_the_process_started():
+    """Measured against the parent's clock: to ~10 ms, not the up-to-1 s error of /proc/stat's
+    whole-second boot time."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time\nfrom featbank.extract.job.report import seconds_since_launch\n"
+            "print(seconds_since_launch(), time.time())")
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    since, now = float(out[0]), float(out[1])
+    assert since <= now - before + 0.05  # the process started after `before`
+    assert since >= (now - before) - 0.25  # and not long after it (interpreter start-up only)
+
+
 def test_summary_times_the_first_model_call_from_the_job_call_and_from_process_launch(base_run):
     from featbank.extract.job.report import seconds_since_launch
 
