@@ -129,3 +129,35 @@ def test_a_run_from_the_compiled_model_cache_never_imports_torch(tmp_path):
     assert rows[0].keys() == rows[1].keys() and len(rows[0]) == 2
     for vid in rows[0]:
         np.testing.assert_array_equal(rows[0][vid], rows[1][vid])
+
+
+SERVER_ENV_PROBE = textwrap.dedent("""
+    import json, multiprocessing, os
+    from featbank.extract.worker_server import DECODER_MALLOC_ENV, start_worker_server
+
+    def child_env(q):
+        q.put({k: os.environ.get(k) for k in DECODER_MALLOC_ENV})
+
+    if __name__ == "__main__":
+        start_worker_server()
+        ctx = multiprocessing.get_context("forkserver")
+        q = ctx.Queue()
+        p = ctx.Process(target=child_env, args=(q,))
+        p.start()
+        seen = q.get(timeout=60)
+        p.join()
+        print(json.dumps({"worker": seen, "job": {k: os.environ.get(k) for k in DECODER_MALLOC_ENV}}))
+""")
+
+
+def test_the_worker_server_gives_decoders_warm_memory_and_leaves_the_job_environment_alone(tmp_path):
+    from featbank.extract.worker_server import DECODER_MALLOC_ENV
+
+    script = tmp_path / "probe.py"
+    script.write_text(SERVER_ENV_PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in DECODER_MALLOC_ENV}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["worker"] == DECODER_MALLOC_ENV
+    assert out["job"] == {k: None for k in DECODER_MALLOC_ENV}

@@ -59,10 +59,10 @@ def open_stream(cfg: ExtractConfig, pipe: Pipeline, tasks: Sequence[Any], worker
     from .._workers import DecodePool
 
     context = multiprocessing.get_context(cfg.start_method)
-    if cfg.start_method == "forkserver":  # workers fork from a server that has these imported
-        from ..worker_server import WORKER_PRELOAD
+    if cfg.start_method == "forkserver":  # workers fork from a server that has the decoding modules imported
+        from ..worker_server import start_worker_server
 
-        context.set_forkserver_preload(list(WORKER_PRELOAD))
+        start_worker_server()  # already running when `featbank extract` started it
     # the workers start in a thread, while the caller loads the engine
     return _Prefetched(DecodePool(stream, n_workers, cfg.prefetch, context))
 
