@@ -60,6 +60,10 @@ class WeightsError(ExtractError):
 class BackboneError(ExtractError):
     """Unknown backbone name or endpoint; the message lists the valid ones."""
 
+    @classmethod
+    def unknown_endpoint(cls, backbone: str, endpoint: str, valid: "tuple[str, ...] | list[str]") -> "BackboneError":
+        return cls(f"{backbone}: unknown endpoint {endpoint!r}; valid endpoints: {', '.join(valid)}")
+
 
 class EngineError(ExtractError):
     """A runtime or precision that cannot run on this machine (the message says why and what to use)."""

@@ -117,6 +117,10 @@ def test_a_run_from_the_compiled_model_cache_never_imports_torch(tmp_path):
         results.append(json.loads(res.stdout.strip().splitlines()[-1]))
     assert results[0] == {"code": 0, "torch": True}  # the first run converts the model
     assert results[1] == {"code": 0, "torch": False}
+    # a wrong endpoint is still named, with the valid ones, from the remembered facts alone
+    bad = subprocess.run(cmd[:-1] + ["endpoint=res9", "resize=48"], capture_output=True, text=True, env=env, timeout=300)
+    assert json.loads(bad.stdout.strip().splitlines()[-1])["code"] != 0
+    assert "unknown endpoint 'res9'" in bad.stderr and "res5" in bad.stderr
 
     from featbank.store import open_store
 

@@ -47,8 +47,7 @@ class VideoBackbone(nn.Module, metaclass=abc.ABCMeta):
         if endpoint is None:
             return self.default_endpoint
         if endpoint not in self.endpoints and endpoint not in self.extra_endpoints:
-            valid = ", ".join(self.endpoints + self.extra_endpoints)
-            raise BackboneError(f"{self.spec.name}: unknown endpoint {endpoint!r}; valid endpoints: {valid}")
+            raise BackboneError.unknown_endpoint(self.spec.name, endpoint, self.endpoints + self.extra_endpoints)
         return endpoint
 
     def set_weights_id(self, weights_id: str) -> None:

@@ -209,8 +209,7 @@ def build_pipeline(cfg: ExtractConfig, *, probe: bool = True) -> Pipeline:
                            f"resized to) for backbone {cfg.backbone!r}; pass a smaller --crop or a larger resize")
     endpoint = cfg.endpoint or facts["endpoints"][-1]
     if endpoint not in facts["endpoints"] + facts["extra_endpoints"]:
-        valid = ", ".join(facts["endpoints"] + facts["extra_endpoints"])
-        raise BackboneError(f"{spec.name}: unknown endpoint {endpoint!r}; valid endpoints: {valid}")
+        raise BackboneError.unknown_endpoint(spec.name, endpoint, facts["endpoints"] + facts["extra_endpoints"])
     sampling = cfg.sampling_for(spec, endpoint=endpoint)
     pipe = Pipeline(spec, sampling, device, resolve_modality(cfg, spec), cfg.backbone, build=build, _model=model)
     if probe:
