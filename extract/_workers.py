@@ -22,6 +22,7 @@ import mmap
 import os
 import queue
 import secrets
+import signal
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ class _Crashed:
 
 def _work(stream: WindowStream, wid: int, n_workers: int, items: Any, prefix: str) -> None:
     """A worker's body: its share of ``stream`` onto ``items``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the job's to handle: it stops the workers
     os.environ["OMP_NUM_THREADS"] = "1"  # native libraries in a worker use one thread: the job computes
     alloc = _Allocator(f"{prefix}-{wid}")
     try:
