@@ -428,17 +428,13 @@ def run_detect(cfg: DetectConfig, out: str | Path, *, progress: bool = False) ->
         "test_videos": len(test.video_ids), "steps_per_video_mean": float(train.mask.sum(1).float().mean()),
         "optim": config_dict(cfg.optim), "seconds": time.perf_counter() - t0,
     }
-    (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    from featbank.experiments.stats import to_jsonable
+
+    (out / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
     from featbank.experiments.config import save_config
 
     save_config(cfg, out / "config.yaml")
     return result
-
-
-def _clean(v):
-    from featbank.experiments.stats import _clean as clean
-
-    return clean(v)
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ test split. The run folder holds ``config.yaml``, ``metrics.json``, ``table.txt`
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -509,20 +508,10 @@ def _run(cfg: GladConfig, out: Path, data: GladData, progress: bool, t_start: fl
     }
     import json
 
-    (out / "metrics.json").write_text(json.dumps(_clean(result), indent=2) + "\n")
+    from featbank.experiments.stats import to_jsonable
+
+    (out / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
     return result
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 def _slug(name: str) -> str:
