@@ -165,3 +165,21 @@ def test_the_worker_server_gives_decoders_warm_memory_and_leaves_the_job_environ
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["worker"] == DECODER_MALLOC_ENV
     assert out["job"] == {k: None for k in DECODER_MALLOC_ENV}
+
+
+def test_windows_go_to_the_temp_folder_when_shared_memory_is_missing_or_full(tmp_path, monkeypatch):
+    import tempfile
+
+    from featbank.extract import _workers
+
+    assert _workers.shared_folder(1) == SHM_DIR or not SHM_DIR.is_dir()
+    assert _workers.shared_folder(1 << 62) == Path(tempfile.gettempdir())  # more than /dev/shm holds
+    monkeypatch.setattr(_workers, "SHM_DIR", tmp_path / "no-shm")  # e.g. macOS
+    assert _workers.shared_folder(1) == Path(tempfile.gettempdir())
+    alloc = _Allocator(f"featbank-test-fallback-{os.getpid()}")
+    a = alloc((4,), np.float64)
+    a[...] = 7
+    handle = alloc.handle(a)
+    assert Path(handle.path).parent == Path(tempfile.gettempdir())
+    np.testing.assert_array_equal(handle.attach(), np.full(4, 7.0))
+    assert not Path(handle.path).exists()
