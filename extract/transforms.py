@@ -235,6 +235,12 @@ def preprocess(frames: "np.ndarray | torch.Tensor", spec: BackboneSpec, views: s
     return torch.from_numpy(preprocess_array(x, spec, views))
 
 
+# Frames resized per call of ``resize_region``: its temporaries are then a few MB that the
+# allocator hands back for the next frames, instead of hundreds of MB of fresh pages per chunk
+# (a 100-frame 240p chunk: 0.9 s cold vs 0.15 s warm, the difference being page faults).
+_RESIZE_FRAMES = 8
+
+
 def preprocess_array(frames: np.ndarray, spec: BackboneSpec, views: str = "center") -> np.ndarray:
     """Decoded frames to normalised model input for a backbone.
 
@@ -264,10 +270,12 @@ def preprocess_array(frames: np.ndarray, spec: BackboneSpec, views: str = "cente
         out_h, out_w = resized_shape(*x.shape[1:3], spec.resize)
         _check_crop(np.empty((out_h, out_w)), spec.crop)
         if views in ("center", "flip"):  # resize only the centre crop's pixels
-            top, left = (out_h - spec.crop) // 2, (out_w - spec.crop) // 2
-            region = resize_region(x, spec.resize, top, left, spec.crop, spec.crop)  # (C, T, crop, crop)
+            box = ((out_h - spec.crop) // 2, (out_w - spec.crop) // 2, spec.crop, spec.crop)
         else:  # the 3 crops span the long side: resize it whole
-            region = resize_region(x, spec.resize, 0, 0, out_h, out_w)  # (C, T, H', W')
+            box = (0, 0, out_h, out_w)
+        region = np.empty((x.shape[-1], len(x), box[2], box[3]), np.float32)  # (C, T, h, w)
+        for t in range(0, len(x), _RESIZE_FRAMES):  # a few frames at a time: small, reused temporaries
+            region[:, t:t + _RESIZE_FRAMES] = resize_region(x[t:t + _RESIZE_FRAMES], spec.resize, *box)
         v = np.ascontiguousarray(make_views(region, spec.crop, views))  # (V, C, T, crop, crop)
     return _normalize_(v, spec.mean, spec.std)
 

@@ -168,7 +168,7 @@ def test_preprocess_resizes_in_numpy_like_torch_interpolate(views, hw):
     from featbank.extract.transforms import preprocess_array, resize_region
 
     rng = np.random.default_rng(2)
-    frames = rng.integers(0, 256, (3, *hw, 3), dtype=np.uint8)
+    frames = rng.integers(0, 256, (11, *hw, 3), dtype=np.uint8)  # more frames than one resize block
     size, crop = 8 if min(hw) < 200 else 224, 6 if min(hw) < 200 else 200
     sp = spec(resize=size, crop=crop, mean=(0.45, 0.40, 0.35), std=(0.22, 0.23, 0.21))
     out = preprocess_array(frames, sp, views=views)
