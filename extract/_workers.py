@@ -188,11 +188,15 @@ class DecodePool:
                 raise ExtractError(f"decoding worker {i} failed:\n{item.text}")
             return item
 
-    def close(self) -> None:
-        """Stop the workers and remove the files of windows nobody attached."""
+    def stop(self) -> None:
+        """Terminate the workers (from any thread); the iteration then ends with an error."""
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
+
+    def close(self) -> None:
+        """Stop the workers and remove the files of windows nobody attached."""
+        self.stop()
         for p in self.procs:
             if self._started:
                 p.join(timeout=5)

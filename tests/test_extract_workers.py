@@ -183,3 +183,29 @@ def test_windows_go_to_the_temp_folder_when_shared_memory_is_missing_or_full(tmp
     assert Path(handle.path).parent == Path(tempfile.gettempdir())
     np.testing.assert_array_equal(handle.attach(), np.full(4, 7.0))
     assert not Path(handle.path).exists()
+
+
+class SlowSecondItem(CountingStream):
+    """The first item at once, the next one only after a long decode (a huge chunk, a slow disk)."""
+
+    def items(self, wid: int, nw: int, alloc):
+        import time
+
+        for k, item in enumerate(super().items(wid, nw, alloc)):
+            if k == 1:
+                time.sleep(60)
+            yield item
+
+
+def test_a_job_that_stops_does_not_wait_for_a_busy_worker():
+    import time
+
+    from featbank.extract.job.loop import _Prefetched
+
+    pool = DecodePool(SlowSecondItem(5), n_workers=1, prefetch=1, context=FORK)
+    source = _Prefetched(pool)
+    assert source.get().key == 0
+    t0 = time.perf_counter()
+    source.close()  # e.g. the model raised: the worker is stopped now, not after its next item
+    assert time.perf_counter() - t0 < 10
+    assert not any(p.is_alive() for p in pool.procs) and _leftovers(pool) == []

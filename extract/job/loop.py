@@ -202,13 +202,15 @@ class _Prefetched:
         import threading
 
         self._q: Any = queue.Queue(maxsize=2)
+        self._items = items
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(items,), daemon=True, name="featbank-decoded")
         self._thread.start()
 
     def _pump(self, items: Any) -> None:
-        it = iter(items)  # a DecodePool starts its workers here, in this thread
+        it = None
         try:
+            it = iter(items)  # a DecodePool starts its workers here, in this thread
             for item in it:
                 if not self._put(item):
                     return
@@ -232,10 +234,14 @@ class _Prefetched:
         return False
 
     def close(self) -> None:
-        """Stop pulling items and wait for the decoding side to shut down."""
+        """Stop pulling items and wait for the decoding side to shut down (a ``DecodePool``'s
+        workers are stopped at once, not after their next item)."""
         import queue
 
         self._stop.set()
+        stop = getattr(self._items, "stop", None)
+        if stop is not None:
+            stop()
         while self._thread.is_alive():
             try:
                 self._q.get(timeout=0.1)
