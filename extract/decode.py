@@ -23,7 +23,6 @@ import numpy as np
 from featbank.extract.decode_base import DEFAULT_WINDOW, Frames, VideoInfo, VideoSource
 from featbank.extract.decode_folder import DEFAULT_FOLDER_FPS, FolderSource, ImageSource
 from featbank.extract.decode_probe import check_input, is_image_file, read_head
-from featbank.extract.decode_pyav import PyAVSource, pyav_version
 from featbank.extract.errors import DecodeError
 
 BACKENDS = ("auto", "decord", "pyav", "folder", "image")
@@ -61,7 +60,7 @@ class AutoSource(VideoSource):
         self._threads = threads
         self.decord_error: Exception | None = None
         if _is_avi(path):
-            self._src: VideoSource = PyAVSource(path, threads=threads)
+            self._src: VideoSource = _pyav_source(path, threads)
             return
         try:
             from featbank.extract.decode_decord import DecordSource
@@ -69,7 +68,7 @@ class AutoSource(VideoSource):
             self._src = DecordSource(path, threads=threads)
         except (DecodeError, ImportError) as e:
             self.decord_error = e
-            self._src = PyAVSource(path, threads=threads)  # its DecodeError is the one reported
+            self._src = _pyav_source(path, threads)  # its DecodeError is the one reported
 
     @property
     def info(self) -> VideoInfo:  # type: ignore[override]
@@ -83,7 +82,7 @@ class AutoSource(VideoSource):
                 raise
             self.decord_error = e
             self._src.close()
-            self._src = PyAVSource(self.path, threads=self._threads)
+            self._src = _pyav_source(self.path, self._threads)
             if self._src.info.n_frames <= int(uniq[-1]):
                 raise DecodeError(
                     self.path, "truncated", f"decord failed ({e.reason}); PyAV finds only {self._src.info.n_frames} frames"
@@ -136,7 +135,7 @@ def open_video(
     if backend == "image" or (backend == "auto" and is_image_file(p)):
         return ImageSource(p)
     if backend == "pyav":
-        return PyAVSource(p, threads=threads)
+        return _pyav_source(p, threads)
     if backend == "decord":
         from featbank.extract.decode_decord import DecordSource
 
@@ -196,8 +195,17 @@ def decode_video(
         return src.read(idx)
 
 
+def _pyav_source(path: str, threads: int) -> VideoSource:
+    """A PyAV source (PyAV is imported on first use: a decord-only worker never loads it)."""
+    from featbank.extract.decode_pyav import PyAVSource
+
+    return PyAVSource(path, threads=threads)
+
+
 def decoder_versions() -> dict[str, str]:
     """Versions of the decoding libraries, for provenance (``{"pyav": ..., "decord": ...}``)."""
+    from featbank.extract.decode_pyav import pyav_version
+
     out = {"pyav": pyav_version()}
     try:
         from featbank.extract.decode_decord import decord_version
