@@ -185,27 +185,37 @@ def test_windows_go_to_the_temp_folder_when_shared_memory_is_missing_or_full(tmp
     assert not Path(handle.path).exists()
 
 
-class SlowSecondItem(CountingStream):
-    """The first item at once, the next one only after a long decode (a huge chunk, a slow disk)."""
+class BlockedAfterFirstItem(CountingStream):
+    """The first item at once; the next one only when ``release`` is set (a decode that does not
+    finish: a huge chunk, a stalled disk)."""
+
+    def __init__(self, n: int, release) -> None:
+        super().__init__(n)
+        self.release = release
 
     def items(self, wid: int, nw: int, alloc):
-        import time
-
         for k, item in enumerate(super().items(wid, nw, alloc)):
             if k == 1:
-                time.sleep(60)
+                self.release.wait()
             yield item
 
 
 def test_a_job_that_stops_does_not_wait_for_a_busy_worker():
-    import time
+    import threading
 
     from featbank.extract.job.loop import _Prefetched
 
-    pool = DecodePool(SlowSecondItem(5), n_workers=1, prefetch=1, context=FORK)
+    release = FORK.Event()
+    pool = DecodePool(BlockedAfterFirstItem(5, release), n_workers=1, prefetch=1, context=FORK)
     source = _Prefetched(pool)
-    assert source.get().key == 0
-    t0 = time.perf_counter()
-    source.close()  # e.g. the model raised: the worker is stopped now, not after its next item
-    assert time.perf_counter() - t0 < 10
-    assert not any(p.is_alive() for p in pool.procs) and _leftovers(pool) == []
+    try:
+        assert source.get().key == 0
+        closer = threading.Thread(target=source.close)  # e.g. the model raised
+        closer.start()
+        closer.join(timeout=60)
+        # close returned while the worker was still blocked: it was stopped, not waited for
+        assert not closer.is_alive() and not release.is_set()
+        assert not any(p.is_alive() for p in pool.procs) and _leftovers(pool) == []
+    finally:
+        if any(p.is_alive() for p in pool.procs):  # (setting it with the waiter killed would block)
+            release.set()  # lets a worker that was not stopped finish, so a failure does not hang the suite
