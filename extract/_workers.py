@@ -47,14 +47,23 @@ class SharedArray:
 
     def attach(self) -> np.ndarray:
         """Map the array and unlink its file: the memory is freed with the returned array."""
-        nbytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
-        fd = os.open(self.path, os.O_RDWR)
         try:
-            mm = mmap.mmap(fd, nbytes)
+            return _mapped(self.path, self.shape, np.dtype(self.dtype), create=False)
         finally:
-            os.close(fd)
             os.unlink(self.path)
-        return np.ndarray(self.shape, np.dtype(self.dtype), buffer=mm)  # keeps the mapping alive
+
+
+def _mapped(path: str | os.PathLike, shape: tuple, dtype: np.dtype, *, create: bool) -> np.ndarray:
+    """An array over the memory-mapped file ``path`` (created at its size when ``create``)."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, nbytes)
+        mm = mmap.mmap(fd, nbytes)
+    finally:
+        os.close(fd)
+    return np.ndarray(shape, dtype, buffer=mm)  # the array keeps the mapping alive
 
 
 def shared_folder(nbytes: int) -> Path:
@@ -82,13 +91,7 @@ class _Allocator:
         if nbytes == 0:
             return np.empty(shape, dtype)
         path = shared_folder(nbytes) / f"{self.prefix}-{next(self._count)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, nbytes)
-            mm = mmap.mmap(fd, nbytes)
-        finally:
-            os.close(fd)
-        out = np.ndarray(shape, dtype, buffer=mm)
+        out = _mapped(path, shape, dtype, create=True)
         self._paths[id(out)] = SharedArray(str(path), tuple(int(d) for d in shape), dtype.str)
         return out
 

@@ -224,10 +224,10 @@ class _Cache:
     def save(self) -> None:
         if self.root is None:
             return
+        from .cache_paths import write_atomic
+
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"meta.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1, sort_keys=True))
-        os.replace(tmp, self.root / "meta.json")
+        write_atomic(self.root / "meta.json", lambda p: p.write_text(json.dumps(self.meta, indent=1, sort_keys=True)))
 
 
 def compiled_cache_root() -> Path:

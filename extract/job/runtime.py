@@ -107,6 +107,8 @@ def _facts_path(cfg: ExtractConfig):
 def _remember_facts(cfg: ExtractConfig, model) -> None:
     import json
 
+    from ..cache_paths import write_atomic
+
     path = _facts_path(cfg)
     if path is None:
         return
@@ -114,9 +116,7 @@ def _remember_facts(cfg: ExtractConfig, model) -> None:
              "extra_endpoints": list(model.extra_endpoints)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(facts, indent=1))
-        os.replace(tmp, path)
+        write_atomic(path, lambda p: p.write_text(json.dumps(facts, indent=1)))
     except OSError:  # a read-only cache only costs the next run a model build
         pass
 
